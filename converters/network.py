@@ -1,0 +1,125 @@
+"""``GraphNet``: a ``torch.nn.Module`` that runs a graph spec and returns named activations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from converters import ops
+from converters.errors import GraphSpecError, UnknownLayerError
+from converters.graph import GraphSpec, load_converted
+
+# Modules that register more ops on import.
+for _module in ("converters.ops_caffe", "converters.ops_torch7", "converters.ops_onnx"):
+    try:
+        __import__(_module)
+    except ModuleNotFoundError as error:  # a module that is not written yet registers nothing
+        if error.name != _module:
+            raise
+
+
+class GraphNet(nn.Module):
+    """A network built from a ``GraphSpec``; ``extract`` returns the outputs of named layers.
+
+    A layer's activation is the first output of the node with that name, as that node produced it: ops
+    never work in place, so a later node cannot change a captured value.
+    """
+
+    def __init__(self, spec: GraphSpec, weights: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        spec.validate()
+        self.spec = spec
+        self.layers = nn.ModuleList()
+        for node in spec.nodes:
+            prefix = f"{node.name}."
+            node_weights = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+            self.layers.append(ops.build_module(node.op, node.attrs, node_weights, node.name))
+        self._index = {node.name: index for index, node in enumerate(spec.nodes)}
+        self.eval()
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "GraphNet":
+        """Load a converted model written by ``converters.graph.save_converted``."""
+        spec, weights = load_converted(folder)
+        return cls(spec, weights)
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Return the node names in execution order."""
+        return self.spec.node_names
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.spec.inputs)
+
+    def check_layers(self, names: Iterable[str]) -> None:
+        """Raise ``UnknownLayerError`` listing the valid names if any of ``names`` is not a layer."""
+        unknown = [name for name in names if name not in self._index]
+        if unknown:
+            raise UnknownLayerError(unknown, self.layer_names)
+
+    def _run(self, inputs: dict[str, torch.Tensor], wanted: list[str], stop_after: int | None) -> dict[str, torch.Tensor]:
+        """Run nodes in order up to ``stop_after``, keeping each value only while a later node needs it."""
+        nodes = self.spec.nodes
+        last = len(nodes) - 1 if stop_after is None else stop_after
+        last_use: dict[str, int] = {}
+        for index in range(last + 1):
+            for value in nodes[index].inputs:
+                last_use[value] = index
+        wanted_values = {nodes[self._index[name]].outputs[0]: name for name in wanted}
+        values: dict[str, torch.Tensor] = dict(inputs)
+        captured: dict[str, torch.Tensor] = {}
+        for index in range(last + 1):
+            node = nodes[index]
+            result = self.layers[index](*(values[name] for name in node.inputs))
+            results = result if isinstance(result, tuple) else (result,)
+            if len(results) != len(node.outputs):
+                raise GraphSpecError(f"node '{node.name}' returned {len(results)} outputs, the spec lists {len(node.outputs)}")
+            for name, value in zip(node.outputs, results):
+                values[name] = value
+                if name in wanted_values and wanted_values[name] == node.name:
+                    captured[node.name] = value
+            for name in node.inputs:
+                if last_use.get(name) == index and name not in self.spec.outputs:
+                    values.pop(name, None)
+        for name in wanted:
+            if name not in captured:
+                captured[name] = values[nodes[self._index[name]].outputs[0]]
+        return captured
+
+    def _inputs(self, x: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if isinstance(x, dict):
+            return x
+        names = self.input_names
+        if len(names) != 1:
+            raise GraphSpecError(f"this network has {len(names)} inputs ({names}); pass a dict of tensors")
+        return {names[0]: x}
+
+    def extract(self, x: torch.Tensor | dict[str, torch.Tensor], layer_names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Return the activations of ``layer_names`` for input ``x`` in the network's own input space.
+
+        Only the nodes up to the deepest requested layer run.
+        """
+        wanted = list(dict.fromkeys(layer_names))
+        self.check_layers(wanted)
+        if not wanted:
+            return {}
+        deepest = max(self._index[name] for name in wanted)
+        return self._run(self._inputs(x), wanted, deepest)
+
+    def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Run the whole graph and return its output (a tuple if it has several)."""
+        run = self._run_values(self._inputs(x))
+        result = [run[name] for name in self.spec.outputs]
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def _run_values(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        values: dict[str, torch.Tensor] = dict(inputs)
+        for index, node in enumerate(self.spec.nodes):
+            result = self.layers[index](*(values[name] for name in node.inputs))
+            results = result if isinstance(result, tuple) else (result,)
+            values.update(zip(node.outputs, results))
+        return values

@@ -1,0 +1,3 @@
+from modelzoo.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``nstzoo`` command-line interface: parses arguments, calls the library, formats results."""
