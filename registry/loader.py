@@ -24,6 +24,8 @@ def load_card(path: str | Path, builtin: bool = False) -> ModelCard:
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise CardError(str(path), "<file>", None, f"not UTF-8 text, as TOML requires: {error}") from error
     except tomllib.TOMLDecodeError as error:
         raise CardError(str(path), "<file>", None, f"invalid TOML: {error}") from error
     return card_from_dict(data, str(path), builtin=builtin)

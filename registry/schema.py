@@ -286,6 +286,8 @@ def _parse_input(table: dict[str, Any], path: str) -> InputContract:
     if any(value <= 0 for value in std):
         raise CardError(path, "input.std", list(std), "every std must be positive")
     size = fields.get("size", int, None)
+    if size is not None and size <= 0:
+        raise CardError(path, "input.size", size, "must be a positive number of pixels")
     note = fields.string("mean_note", "")
     fields.finish()
     return InputContract(order, value_range, mean, std, size, note)  # type: ignore[arg-type]
@@ -312,6 +314,9 @@ def _parse_defaults(table: dict[str, Any], path: str, layers: tuple[str, ...]) -
         style_layer_weights=weights,
         note=fields.string("note", ""),
     )
+    for key in ("content_weight", "style_weight", "tv_weight"):
+        if getattr(defaults, key) < 0:
+            raise CardError(path, f"defaults.{key}", getattr(defaults, key), "must be zero or positive")
     fields.finish()
     return defaults
 
