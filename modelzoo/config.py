@@ -48,5 +48,5 @@ def mirror() -> str:
 
 
 def debug() -> bool:
-    """Return True when ``NSTZOO_DEBUG`` asks for tracebacks."""
+    """Return True when ``NSTZOO_DEBUG`` requests tracebacks."""
     return _flag("NSTZOO_DEBUG")

@@ -47,7 +47,7 @@ class OfflineError(NstzooError, OSError):
 
 
 class AllSourcesFailedError(DownloadError):
-    """Every source of a file failed; ``failures`` holds one line per source."""
+    """Every source of a file failed; ``failures`` contains one line per source."""
 
     def __init__(self, model: str, file_name: str, failures: list[str], hint: str = "") -> None:
         self.model = model
@@ -67,3 +67,31 @@ class ImageError(NstzooError, ValueError):
 
 class OptionError(NstzooError, ValueError):
     """A style-transfer option has an invalid value."""
+
+
+class TruncatedDownloadError(DownloadError):
+    """The server closed the connection before sending the bytes its Content-Length announced."""
+
+    def __init__(self, url: str, received: int, expected: int) -> None:
+        self.received = received
+        self.expected = expected
+        super().__init__(
+            f"truncated transfer from {url}: received {received} of {expected} bytes (Content-Length)", url
+        )
+
+
+class HtmlPageError(DownloadError):
+    """The server returned an HTML page where a model file was expected."""
+
+
+class NoSourceError(NstzooError, LookupError):
+    """A model file has no download source; the user must provide it (``hint`` gives the command)."""
+
+    def __init__(self, model: str, file_name: str, hint: str = "") -> None:
+        self.model = model
+        self.file_name = file_name
+        super().__init__(f"model '{model}' has no download source for {file_name}", hint)
+
+
+class CacheError(NstzooError, OSError):
+    """The cache folder could not be read or changed as requested."""

@@ -82,7 +82,7 @@ class FileSpec:
 
 @dataclass(frozen=True)
 class InputContract:
-    """What the network expects: channel order, pixel scale, mean and std in that scale."""
+    """The input a network expects: channel order, pixel scale, and mean and std in that scale."""
 
     channel_order: str = "RGB"
     value_range: float = 1.0

@@ -26,15 +26,21 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"modelzoo.cli.{_name}").register(app)
 
 
+_CLI_HANDLER_NAME = "nstzoo-cli"
+
+
 def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    """Send the packages' INFO logs (DEBUG with NSTZOO_DEBUG=1) to stderr, once per process."""
     level = logging.DEBUG if config.debug() else logging.INFO
     for name in ("modelzoo", "converters", "registry"):
         package_logger = logging.getLogger(name)
         package_logger.setLevel(level)
+        if any(handler.get_name() == _CLI_HANDLER_NAME for handler in package_logger.handlers):
+            continue
+        handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(_CLI_HANDLER_NAME)
+        handler.setFormatter(logging.Formatter("%(message)s"))
         package_logger.addHandler(handler)
-        package_logger.propagate = False
 
 
 def _error_line(error: BaseException) -> str:
@@ -47,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; known errors print one line (and a hint) and exit 1, tracebacks only with NSTZOO_DEBUG=1."""
     _setup_logging()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        # Without standalone mode, click returns the code of `raise typer.Exit(code)` instead of exiting.
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
