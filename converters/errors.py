@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 
 class ConversionError(Exception):
     """Base class for conversion errors."""
@@ -31,6 +33,15 @@ class UnknownLayerError(ConversionError, KeyError):
         self.model = model
         super().__init__(unknown)
 
+    @property
+    def hint(self) -> str:
+        """Return the next step for the user: the command that lists the model's layers."""
+        if self.model:
+            return f"run 'nstzoo info {self.model}' to see its layers, then pass names from that list"
+        return "pass layer names from the list above"
+
     def __str__(self) -> str:
         of = f" of model '{self.model}'" if self.model else ""
-        return f"unknown layer(s) {', '.join(self.unknown)}; valid layers{of}: {', '.join(self.valid)}"
+        close = sorted({match for name in self.unknown for match in difflib.get_close_matches(name, self.valid, n=3)})
+        suggestion = f" (did you mean {', '.join(close)}?)" if close else ""
+        return f"unknown layer(s) {', '.join(self.unknown)}{suggestion}; valid layers{of}: {', '.join(self.valid)}"

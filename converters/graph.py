@@ -104,21 +104,53 @@ class GraphSpec:
             raise GraphSpecError(f"graph outputs {missing_outputs} are not written by any node")
 
 
+# safetensors dtype names; the format stores little-endian values, as torch does on every platform it runs on.
+SAFETENSORS_DTYPES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` in the safetensors format, streaming each tensor's bytes.
+
+    ``safetensors.torch.save_file`` copies every tensor to a ``bytes`` object first. Writing the header and
+    then each tensor's memory keeps the peak memory of a 500 MB conversion at the tensors themselves.
+    """
+    header: dict[str, object] = {"__metadata__": dict(metadata or {})}
+    ordered = sorted(tensors.items())
+    offset = 0
+    for key, tensor in ordered:
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise GraphSpecError(f"tensor '{key}' has dtype {tensor.dtype}, which safetensors cannot store")
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data buffer starts 8-byte aligned
+    with open(path, "wb") as handle:
+        handle.write(len(encoded).to_bytes(8, "little"))
+        handle.write(encoded)
+        for _, tensor in ordered:
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            if flat.numel():
+                handle.write(flat.view(torch.uint8).numpy().data)
+
+
 def save_converted(folder: str | Path, spec: GraphSpec, weights: dict[str, torch.Tensor]) -> Path:
     """Write ``graph.json`` and ``weights.safetensors`` into ``folder`` atomically, and return the folder.
 
     Both files are written under temporary names and renamed into place, the spec last, so a reader that
     finds ``graph.json`` always finds complete weights beside it.
     """
-    from safetensors.torch import save_file
-
     spec.validate()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in weights.items()}
     weights_tmp = folder / f".{WEIGHTS_FILE}.tmp"
     graph_tmp = folder / f".{GRAPH_FILE}.tmp"
-    save_file(tensors, str(weights_tmp), metadata={"format": GRAPH_FORMAT})
+    write_safetensors(weights_tmp, weights, metadata={"format": GRAPH_FORMAT})
     graph_tmp.write_text(json.dumps(spec.to_json(), indent=1), encoding="utf-8")
     weights_tmp.replace(folder / WEIGHTS_FILE)
     graph_tmp.replace(folder / GRAPH_FILE)
@@ -134,7 +166,7 @@ def load_converted(folder: str | Path) -> tuple[GraphSpec, dict[str, torch.Tenso
     weights_path = folder / WEIGHTS_FILE
     if not graph_path.is_file() or not weights_path.is_file():
         raise GraphSpecError(
-            f"{folder} holds no converted model (expected {GRAPH_FILE} and {WEIGHTS_FILE}); "
+            f"{folder} contains no converted model (expected {GRAPH_FILE} and {WEIGHTS_FILE}); "
             "run 'nstzoo fetch NAME' or 'nstzoo convert' first"
         )
     try:

@@ -38,6 +38,9 @@ class GraphNet(nn.Module):
             node_weights = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
             self.layers.append(ops.build_module(node.op, node.attrs, node_weights, node.name))
         self._index = {node.name: index for index, node in enumerate(spec.nodes)}
+        # User-facing layer names that differ from node names (a model card's layer map).
+        self.aliases: dict[str, str] = {}
+        self.card = None
         self.eval()
 
     @classmethod
@@ -55,11 +58,16 @@ class GraphNet(nn.Module):
     def input_names(self) -> list[str]:
         return list(self.spec.inputs)
 
+    def node_for(self, name: str) -> str:
+        """Return the node that computes layer ``name`` (through ``aliases``)."""
+        return self.aliases.get(name, name)
+
     def check_layers(self, names: Iterable[str]) -> None:
         """Raise ``UnknownLayerError`` listing the valid names if any of ``names`` is not a layer."""
-        unknown = [name for name in names if name not in self._index]
+        unknown = [name for name in names if self.node_for(name) not in self._index]
         if unknown:
-            raise UnknownLayerError(unknown, self.layer_names)
+            model = self.card.name if self.card is not None else ""
+            raise UnknownLayerError(unknown, self.layer_names, model)
 
     def _run(self, inputs: dict[str, torch.Tensor], wanted: list[str], stop_after: int | None) -> dict[str, torch.Tensor]:
         """Run nodes in order up to ``stop_after``, keeping each value only while a later node needs it."""
@@ -103,12 +111,14 @@ class GraphNet(nn.Module):
 
         Only the nodes up to the deepest requested layer run.
         """
-        wanted = list(dict.fromkeys(layer_names))
-        self.check_layers(wanted)
-        if not wanted:
+        requested = list(dict.fromkeys(layer_names))
+        self.check_layers(requested)
+        if not requested:
             return {}
+        wanted = list(dict.fromkeys(self.node_for(name) for name in requested))
         deepest = max(self._index[name] for name in wanted)
-        return self._run(self._inputs(x), wanted, deepest)
+        captured = self._run(self._inputs(x), wanted, deepest)
+        return {name: captured[self.node_for(name)] for name in requested}
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the whole graph and return its output (a tuple if it has several)."""

@@ -52,9 +52,10 @@ def _pair(value: Any) -> tuple[int, int]:
 
 
 def _parameter(tensor: torch.Tensor | None) -> nn.Parameter | None:
+    """Wrap ``tensor`` as a frozen float32 parameter that shares its memory (no copy of large weights)."""
     if tensor is None:
         return None
-    return nn.Parameter(tensor.detach().clone().float(), requires_grad=False)
+    return nn.Parameter(tensor.detach().float(), requires_grad=False)
 
 
 # --- convolution and dense layers -------------------------------------------------------------------
