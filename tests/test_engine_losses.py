@@ -174,6 +174,7 @@ def test_parse_count_and_lists():
     ("tv_weight", -1.0, "must be a finite number >= 0"),
     ("scales", (512, 256), "smallest to largest"),
     ("tile_overlap", 300, "less than half the tile"),
+    ("lbfgs_history_dtype", "float16", "must be one of float32, bfloat16"),
 ])
 def test_invalid_options_name_value(field, value, message):
     changes = {field: value}

@@ -112,6 +112,7 @@ def _settings(options: StyleOptions, index: int, count: int, job: ScaleJob) -> R
         optimizer=options.optimizer,
         iterations=iterations_for(options, index),
         lbfgs_history=options.lbfgs_history,
+        lbfgs_history_dtype=options.lbfgs_history_dtype,
         learning_rate=options.learning_rate,
         print_every=options.print_every,
         save_every=options.save_every,

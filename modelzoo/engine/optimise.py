@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from modelzoo.engine.lbfgs import RingLBFGS
 from modelzoo.engine.losses import TV_LOSSES, content_loss, gram_matrix, normalized
 from modelzoo.engine.network import LayerPlan
 from modelzoo.engine.targets import ContentTargets, StyleTargets
@@ -144,6 +145,7 @@ class RunSettings:
     optimizer: str = "lbfgs"
     iterations: int = 1000
     lbfgs_history: int = 100
+    lbfgs_history_dtype: str = "float32"  # "bfloat16" halves the memory of the stored (s, y) pairs
     learning_rate: float = 1e1
     print_every: int = 50
     save_every: int = 0
@@ -155,8 +157,8 @@ class RunSettings:
 
 def _lbfgs(image: Tensor, settings: RunSettings) -> tuple[torch.optim.Optimizer, int]:
     # Negative tolerances never stop early: every run does exactly ``iterations`` evaluations.
-    optimizer = torch.optim.LBFGS([image], max_iter=settings.iterations, history_size=settings.lbfgs_history,
-                                  tolerance_grad=-1, tolerance_change=-1, line_search_fn=None)
+    optimizer = RingLBFGS(image, max_iter=settings.iterations, history_size=settings.lbfgs_history,
+                          history_dtype=getattr(torch, settings.lbfgs_history_dtype))
     return optimizer, 1
 
 

@@ -24,6 +24,7 @@ GRADIENT_NORMS = ("l1", "l2")
 PIXEL_SCALES = (255.0, 256.0)
 COLOR_TRANSFERS = ("none", "histogram")
 PRECISIONS = ("float32", "bfloat16")
+LBFGS_HISTORY_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class StyleOptions:
     optimizer: str = "lbfgs"
     iterations: int = 1000
     lbfgs_history: int = 100
+    lbfgs_history_dtype: str = "float32"  # "bfloat16": store L-BFGS's (s, y) pairs in half the memory
     learning_rate: float = 1e1  # Adam step in network-input units (0-255 scale for Caffe models)
     seed: int | None = None  # None: not seeded; an int makes CPU runs reproducible
     precision: str = "float32"  # "bfloat16": run the network under autocast; losses stay float32
@@ -98,6 +100,7 @@ class StyleOptions:
         _choice("gradient_norm", self.gradient_norm, GRADIENT_NORMS)
         _choice("color_transfer", self.color_transfer, COLOR_TRANSFERS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("lbfgs_history_dtype", self.lbfgs_history_dtype, LBFGS_HISTORY_DTYPES)
         if self.pooling is not None:
             _choice("pooling", self.pooling, POOLINGS)
         if self.pixel_scale not in PIXEL_SCALES:
