@@ -299,15 +299,19 @@ def _transfer(
             raise _RetryableError(str(TruncatedDownloadError(url, received, total)), url)
 
 
-def _verify(model: str, url: str, part: Path, hashes: _Hashes, expected: Expected) -> None:
-    size = part.stat().st_size
+def check_expected(model: str, url: str, size: int, sha256: str, md5: str, expected: Expected) -> None:
+    """Raise HashMismatchError if the size, sha256 or md5 of a file differs from what the card expects."""
     if expected.size is not None and size != expected.size:
         raise HashMismatchError(model, url, "size", f"{expected.size} bytes", f"{size} bytes")
-    sha256, md5 = hashes.hexdigests()
     if expected.sha256 and sha256 != expected.sha256:
         raise HashMismatchError(model, url, "sha256", expected.sha256, sha256)
     if expected.md5 and md5 != expected.md5:
         raise HashMismatchError(model, url, "md5", expected.md5, md5)
+
+
+def _verify(model: str, url: str, part: Path, hashes: _Hashes, expected: Expected) -> None:
+    sha256, md5 = hashes.hexdigests()
+    check_expected(model, url, part.stat().st_size, sha256, md5, expected)
 
 
 def _attempt_all(

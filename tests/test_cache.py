@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_http import http_server, nstzoo_home, payload, sha256, write_card  # noqa: F401
+from fixtures_http import payload, sha256, write_card
 from httpserver import LoopbackServer
 from modelzoo import cache, config
 from modelzoo.errors import NotCachedError

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 cv2 = pytest.importorskip("cv2")
 
-from fixtures_http import http_server, nstzoo_home  # noqa: E402,F401  (pytest fixtures)
 
 from converters.reference import opencv_caffe_outputs, relative_error  # noqa: E402
 from modelzoo.features import load_model, to_network_input  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_http import http_server, nstzoo_home, payload, sha256, subprocess_env, write_card  # noqa: F401
+from fixtures_http import payload, sha256, subprocess_env, write_card
 from httpserver import LoopbackServer
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]

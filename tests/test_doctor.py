@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures_http import http_server, nstzoo_home  # noqa: F401 - pytest fixtures
+
 from modelzoo.cli import doctor
 from modelzoo.cli.main import main
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_http import http_server, payload, sha256  # noqa: F401 - pytest fixtures
+from fixtures_http import payload, sha256
 from httpserver import LoopbackServer
 from modelzoo.download import Expected, adopt_partial, download, partial_files, temporary_path
 from modelzoo.errors import DownloadError, HashMismatchError, HtmlPageError

@@ -13,7 +13,7 @@ from modelzoo.engine.network import Contract
 from modelzoo.engine.options import StyleOptions, parse_count, parse_number, parse_numbers
 from modelzoo.engine.targets import blend_weights, compute_style_targets
 from modelzoo.errors import OptionError
-from test_engine_support import CONTENT_PHOTO, VAN_GOGH, open_nsfw_net, tiny_vgg  # noqa: F401 (fixture)
+from test_engine_support import CONTENT_PHOTO, open_nsfw_net, tiny_vgg  # noqa: F401 (fixture)
 
 # float32 sums of a few thousand products agree with float64 loops to about 1e-6 relative.
 FLOAT32_RTOL = 1e-5

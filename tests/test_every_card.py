@@ -17,7 +17,7 @@ from PIL import Image
 
 import modelzoo.engine
 from converters.caffe.writer import write_caffemodel
-from fixtures_http import nstzoo_home  # noqa: F401  (pytest fixture)
+
 from modelzoo.cli.main import main
 from modelzoo.engine.multiscale import resize_longest
 from modelzoo.images import load_image

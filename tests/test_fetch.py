@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_http import http_server, nstzoo_home, payload, sha256, subprocess_env, write_card  # noqa: F401
+from fixtures_http import payload, sha256, subprocess_env, write_card
 from httpserver import LoopbackServer
-from modelzoo import cache
 from modelzoo.errors import AllSourcesFailedError, NoSourceError, OfflineError
 from modelzoo.fetch import fetch
 

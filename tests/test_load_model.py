@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures_http import http_server, nstzoo_home, sha256, write_card  # noqa: F401  (pytest fixtures)
+from fixtures_http import sha256, write_card
 
 from converters.caffe.writer import write_caffemodel
 from converters.errors import UnknownLayerError

@@ -25,7 +25,7 @@ from modelzoo.registration import ContractOptions, RegisterError, register, unre
 from registry import Registry
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fixtures_http import http_server, nstzoo_home  # noqa: E402,F401  (pytest fixtures)
+
 
 VGG19_TINY = [4, 4, "M", 4, 4, "M", 8, 8, 8, 8, "M", 8, 8, 8, 8, "M", 8, 8, 8, 8, "M"]
 

@@ -17,7 +17,7 @@ from spandrel.architectures.Compact import Compact
 from spandrel.architectures.ESRGAN import ESRGAN
 from torch import nn
 
-from fixtures_http import http_server, nstzoo_home, sha256, write_card  # noqa: F401 - pytest fixtures
+from fixtures_http import sha256, write_card
 from modelzoo import upscale
 from modelzoo.errors import OptionError
 from registry.loader import Registry
