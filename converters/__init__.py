@@ -1,6 +1,6 @@
 """Foreign weights to PyTorch: Caffe, Torch7, ONNX and PyTorch files become a graph spec plus safetensors.
 
-This package knows nothing of downloads or the cache.
+This package does not import the download or cache code.
 """
 
 from converters.errors import ConversionError, GraphSpecError, UnknownLayerError, UnsupportedLayerError

@@ -69,7 +69,7 @@ class GraphNet(nn.Module):
             model = self.card.name if self.card is not None else ""
             raise UnknownLayerError(unknown, self.layer_names, model)
 
-    def _run(self, inputs: dict[str, torch.Tensor], wanted: list[str], stop_after: int | None) -> dict[str, torch.Tensor]:
+    def _run(self, inputs: dict[str, torch.Tensor], requested: list[str], stop_after: int | None) -> dict[str, torch.Tensor]:
         """Run nodes in order up to ``stop_after``, keeping each value only while a later node needs it."""
         nodes = self.spec.nodes
         last = len(nodes) - 1 if stop_after is None else stop_after
@@ -77,7 +77,7 @@ class GraphNet(nn.Module):
         for index in range(last + 1):
             for value in nodes[index].inputs:
                 last_use[value] = index
-        wanted_values = {nodes[self._index[name]].outputs[0]: name for name in wanted}
+        requested_nodes = set(requested)
         values: dict[str, torch.Tensor] = dict(inputs)
         captured: dict[str, torch.Tensor] = {}
         for index in range(last + 1):
@@ -86,16 +86,12 @@ class GraphNet(nn.Module):
             results = result if isinstance(result, tuple) else (result,)
             if len(results) != len(node.outputs):
                 raise GraphSpecError(f"node '{node.name}' returned {len(results)} outputs, the spec lists {len(node.outputs)}")
-            for name, value in zip(node.outputs, results):
-                values[name] = value
-                if name in wanted_values and wanted_values[name] == node.name:
-                    captured[node.name] = value
+            values.update(zip(node.outputs, results))
+            if node.name in requested_nodes:
+                captured[node.name] = results[0]
             for name in node.inputs:
                 if last_use.get(name) == index and name not in self.spec.outputs:
                     values.pop(name, None)
-        for name in wanted:
-            if name not in captured:
-                captured[name] = values[nodes[self._index[name]].outputs[0]]
         return captured
 
     def _inputs(self, x: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,9 +111,9 @@ class GraphNet(nn.Module):
         self.check_layers(requested)
         if not requested:
             return {}
-        wanted = list(dict.fromkeys(self.node_for(name) for name in requested))
-        deepest = max(self._index[name] for name in wanted)
-        captured = self._run(self._inputs(x), wanted, deepest)
+        node_names = list(dict.fromkeys(self.node_for(name) for name in requested))
+        deepest = max(self._index[name] for name in node_names)
+        captured = self._run(self._inputs(x), node_names, deepest)
         return {name: captured[self.node_for(name)] for name in requested}
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:

@@ -1,4 +1,4 @@
-"""What models exist: typed model cards, one TOML file per model, and their loader.
+"""The model registry: typed model cards, one TOML file per model, and their loader.
 
 This package imports nothing from ``converters`` or ``modelzoo``.
 """

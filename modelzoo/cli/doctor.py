@@ -117,7 +117,7 @@ def check_network() -> list[Check]:
         with urllib.request.urlopen(mirror + "/", timeout=NETWORK_TIMEOUT_S) as response:
             checks.append(Check("network", f"mirror {mirror} reachable (HTTP {response.status})"))
     except urllib.error.HTTPError as error:
-        # The server answered, so it is reachable; a 404 on the folder itself is normal for a file mirror.
+        # The server responded, so it is reachable; a 404 on the folder itself is normal for a file mirror.
         checks.append(Check("network", f"mirror {mirror} reachable (HTTP {error.code})"))
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)

@@ -88,10 +88,13 @@ def register_model(
 
     if scale is not None and scale not in (1.0, 255.0):
         raise OptionError(f"invalid --scale {scale:g}: use 255 (pixels 0-255) or 1 (pixels 0-1)")
+    channel_order = None
+    if bgr is not None:
+        channel_order = "BGR" if bgr else "RGB"
     contract = ContractOptions(
         mean=_floats(mean, "--mean") if mean else None,
         std=_floats(std, "--std") if std else None,
-        channel_order=None if bgr is None else ("BGR" if bgr else "RGB"),
+        channel_order=channel_order,
         value_range=scale,
     )
     result = register(source, name=name, fmt=fmt, prototxt=prototxt, like=like, contract=contract, layout=layout,
