@@ -12,7 +12,8 @@ neural-style runs in its own virtual environment with torch==2.14.1, torchvision
 neural-style==0.5.7, created on first use under ``--venv`` (pip resolves the packages through its own
 configuration). nstzoo uses neural-style 0.5.7's conventions for the comparison: pixels x 256, the L1 TV
 term, random init (randn x 0.001). The equal-loss race also runs nstzoo's own ways to get there sooner:
-init from the content image, and a half-size first scale.
+init from the content image, and a half-size first scale. nstzoo runs with its default precision ("auto":
+bfloat16 activations on CPUs with AVX-512 BF16 or AMX) and, for comparison, in float32 throughout.
 
 Run: python benchmarks/engine.py [--sizes 256,512] [--timing-iterations 10] [--reference-iterations 500]
 The shared machine is noisy: timings repeat ``--repeats`` times and the medians and ratios are printed.
@@ -175,7 +176,7 @@ def neural_style_command(script: Path, pth: Path, content: Path, style: Path, si
 
 def nstzoo_command(graph: Path, content: Path, style: Path, size: int, iterations: int, threads: int,
                    init: str = "random", scales: tuple[int, ...] = (), stop_below: float | None = None,
-                   precision: str = "float32") -> list[str]:
+                   precision: str = "auto") -> list[str]:
     job = {"graph": str(graph), "content": str(content), "style": str(style), "size": size, "iterations": iterations,
            "threads": threads, "init": init, "scales": list(scales), "stop_below": stop_below, "precision": precision}
     return [sys.executable, str(Path(__file__).resolve()), "--nstzoo-job", json.dumps(job)]
@@ -243,6 +244,11 @@ def main() -> None:
     script = ensure_reference_venv(args.venv)
     env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     sizes = [int(size) for size in args.sizes.split(",")]
+    sys.path.insert(0, str(REPO))
+    from modelzoo.engine.precision import resolve_precision
+
+    default_precision = resolve_precision("auto", "cpu")
+    default_label = f"nstzoo default ({default_precision})"
     with tempfile.TemporaryDirectory(prefix="nstzoo-bench-") as temp:
         folder = Path(temp)
         pth, graph = write_weights(folder)
@@ -252,10 +258,10 @@ def main() -> None:
             programs = {
                 "neural-style": lambda: (neural_style_command(script, pth, content, style, size, args.timing_iterations,
                                                               folder / "ns.png", args.threads), parse_neural_style),
-                "nstzoo": lambda: (nstzoo_command(graph, content, style, size, args.timing_iterations, args.threads),
-                                   parse_nstzoo),
-                "nstzoo bfloat16": lambda: (nstzoo_command(graph, content, style, size, args.timing_iterations,
-                                                           args.threads, precision="bfloat16"), parse_nstzoo),
+                default_label: lambda: (nstzoo_command(graph, content, style, size, args.timing_iterations, args.threads),
+                                        parse_nstzoo),
+                "nstzoo float32": lambda: (nstzoo_command(graph, content, style, size, args.timing_iterations,
+                                                          args.threads, precision="float32"), parse_nstzoo),
             }
             speeds: dict[str, list[float]] = {name: [] for name in programs}
             peaks: dict[str, list[int]] = {name: [] for name in programs}
@@ -267,10 +273,10 @@ def main() -> None:
                     speeds[name].append(seconds_per_iteration(records))
                     peaks[name].append(rss)
                     first_losses[name] = records[0][2]
-            print(f"{size} px: loss at iteration 1 (same definitions, so equal for float32): "
+            print(f"{size} px: loss at iteration 1 (same definitions: equal in float32, close in bfloat16): "
                   + ", ".join(f"{name} {value:.6g}" for name, value in first_losses.items()), flush=True)
             ns_speed, ns_rss = statistics.median(speeds["neural-style"]), statistics.median(peaks["neural-style"])
-            for name in ("nstzoo", "nstzoo bfloat16"):
+            for name in (default_label, "nstzoo float32"):
                 speed, rss = statistics.median(speeds[name]), statistics.median(peaks[name])
                 print(f"{size} px: s/iteration neural-style {ns_speed:.3f}, {name} {speed:.3f}, ratio {speed / ns_speed:.2f} "
                       f"(goal <= 0.67); peak RSS neural-style {ns_rss / 2**20:.0f} MiB, {name} {rss / 2**20:.0f} MiB, "
@@ -287,16 +293,19 @@ def main() -> None:
         print(f"equal loss at {size} px: neural-style reaches {target:.6g} after {reference[-1][1]} iterations in "
               f"{reference_time:.1f} s", flush=True)
         races = {
-            "same settings (random init)": nstzoo_command(graph, content, style, size, args.reference_iterations, args.threads,
-                                                          stop_below=target),
-            "init from content": nstzoo_command(graph, content, style, size, args.reference_iterations, args.threads,
-                                                init="image", stop_below=target),
-            f"scales {size // 2},{size}, init from content": nstzoo_command(
+            f"default ({default_precision}), init from content": nstzoo_command(
+                graph, content, style, size, args.reference_iterations, args.threads, init="image", stop_below=target),
+            f"{default_precision}, same random init as neural-style": nstzoo_command(
+                graph, content, style, size, args.reference_iterations, args.threads, stop_below=target),
+            "float32, init from content": nstzoo_command(graph, content, style, size, args.reference_iterations,
+                                                         args.threads, init="image", stop_below=target,
+                                                         precision="float32"),
+            "float32, same random init as neural-style": nstzoo_command(
+                graph, content, style, size, args.reference_iterations, args.threads, stop_below=target,
+                precision="float32"),
+            f"{default_precision}, scales {size // 2},{size}, init from content": nstzoo_command(
                 graph, content, style, size, args.reference_iterations, args.threads, init="image",
                 scales=(size // 2, size), stop_below=target),
-            f"scales {size // 2},{size}, init from content, bfloat16": nstzoo_command(
-                graph, content, style, size, args.reference_iterations, args.threads, init="image",
-                scales=(size // 2, size), stop_below=target, precision="bfloat16"),
         }
         for label, command in races.items():
             records, _ = run_process(command, parse_nstzoo, env)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -69,8 +69,12 @@ class GraphNet(nn.Module):
             model = self.card.name if self.card is not None else ""
             raise UnknownLayerError(unknown, self.layer_names, model)
 
-    def _run(self, inputs: dict[str, torch.Tensor], requested: list[str], stop_after: int | None) -> dict[str, torch.Tensor]:
-        """Run nodes in order up to ``stop_after``, keeping each value only while a later node needs it."""
+    def _run(self, inputs: dict[str, torch.Tensor], requested: list[str], stop_after: int | None,
+             taps: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+        """Run nodes in order up to ``stop_after``, keeping each value only while a later node needs it.
+
+        ``taps`` maps node names to functions applied to that node's first output; later nodes read the result.
+        """
         nodes = self.spec.nodes
         last = len(nodes) - 1 if stop_after is None else stop_after
         last_use: dict[str, int] = {}
@@ -86,6 +90,8 @@ class GraphNet(nn.Module):
             results = result if isinstance(result, tuple) else (result,)
             if len(results) != len(node.outputs):
                 raise GraphSpecError(f"node '{node.name}' returned {len(results)} outputs, the spec lists {len(node.outputs)}")
+            if taps and node.name in taps:
+                results = (taps[node.name](results[0]), *results[1:])
             values.update(zip(node.outputs, results))
             if node.name in requested_nodes:
                 captured[node.name] = results[0]
@@ -102,10 +108,15 @@ class GraphNet(nn.Module):
             raise GraphSpecError(f"this network has {len(names)} inputs ({names}); pass a dict of tensors")
         return {names[0]: x}
 
-    def extract(self, x: torch.Tensor | dict[str, torch.Tensor], layer_names: Iterable[str]) -> dict[str, torch.Tensor]:
+    supports_taps = True
+
+    def extract(self, x: torch.Tensor | dict[str, torch.Tensor], layer_names: Iterable[str],
+                taps: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """Return the activations of ``layer_names`` for input ``x`` in the network's own input space.
 
-        Only the nodes up to the deepest requested layer run.
+        Only the nodes up to the deepest requested layer run. ``taps`` maps layer names to functions applied
+        to that layer's activation as it is computed (the engine's loss taps); the result is what later
+        layers read and what is returned.
         """
         requested = list(dict.fromkeys(layer_names))
         self.check_layers(requested)
@@ -113,8 +124,19 @@ class GraphNet(nn.Module):
             return {}
         node_names = list(dict.fromkeys(self.node_for(name) for name in requested))
         deepest = max(self._index[name] for name in node_names)
-        captured = self._run(self._inputs(x), node_names, deepest)
+        captured = self._run(self._inputs(x), node_names, deepest, self.taps_by_node(taps))
         return {name: captured[self.node_for(name)] for name in requested}
+
+    def taps_by_node(self, taps: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None):
+        """Return ``taps`` keyed by node name; two layer names of one node get both their taps, in order."""
+        if not taps:
+            return None
+        self.check_layers(list(taps))
+        by_node: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        for name, function in taps.items():
+            node = self.node_for(name)
+            by_node[node] = function if node not in by_node else _compose(by_node[node], function)
+        return by_node
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the whole graph and return its output (a tuple if it has several)."""
@@ -129,3 +151,7 @@ class GraphNet(nn.Module):
             results = result if isinstance(result, tuple) else (result,)
             values.update(zip(node.outputs, results))
         return values
+
+
+def _compose(first: Callable[[torch.Tensor], torch.Tensor], second: Callable[[torch.Tensor], torch.Tensor]):
+    return lambda value: second(first(value))

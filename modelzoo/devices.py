@@ -15,7 +15,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -204,10 +204,14 @@ class PlacedModel(nn.Module):
         """Raise ``UnknownLayerError`` listing the valid names if any of ``names`` is not a layer."""
         self.net.check_layers(names)
 
-    def extract(self, x: torch.Tensor | dict[str, torch.Tensor], layer_names: Iterable[str]) -> dict[str, torch.Tensor]:
+    supports_taps = True
+
+    def extract(self, x: torch.Tensor | dict[str, torch.Tensor], layer_names: Iterable[str],
+                taps: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """Return the activations of ``layer_names`` for input ``x``, on ``output_device``.
 
         Only the nodes up to the deepest requested layer run. Values are dropped after their last use.
+        ``taps`` work as in ``GraphNet.extract``; each runs on its layer's device.
         """
         wanted = list(dict.fromkeys(layer_names))
         self.net.check_layers(wanted)
@@ -222,6 +226,7 @@ class PlacedModel(nn.Module):
                 last_use[value] = index
 
         values = dict(self.net._inputs(x))
+        taps = self.net.taps_by_node(taps)
         captured: dict[str, torch.Tensor] = {}
         wanted_set = set(wanted)
         for index in range(last + 1):
@@ -230,6 +235,8 @@ class PlacedModel(nn.Module):
             arguments = [values[name].to(device) for name in node.inputs]
             result = self.net.layers[index](*arguments)
             results = result if isinstance(result, tuple) else (result,)
+            if taps and node.name in taps:
+                results = (taps[node.name](results[0]), *results[1:])
             for name, value in zip(node.outputs, results):
                 values[name] = value
             if node.name in wanted_set:

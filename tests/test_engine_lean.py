@@ -7,6 +7,7 @@ order of the float32 sums in each convolution, so those agree to 1e-4 relative.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -112,6 +113,26 @@ def test_compact_max_pool_matches_pool():
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
             torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-6)
             assert grad.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_window_max_pool_matches_pool_with_ties(dtype, layout):
+    # ReLU outputs are full of equal zeros: on a tie the gradient goes to the first position of the window
+    # in row-major order, as in PyTorch's kernel. 9 x 11 leaves a row and a column outside every window.
+    pool = Pool2d({"mode": "max", "kernel": 2, "stride": 2}, {})
+    source = torch.relu(torch.randn(1, 5, 9, 11, generator=torch.Generator().manual_seed(8))).round()
+    upstream = torch.randn(1, 5, 4, 5, generator=torch.Generator().manual_seed(9)).to(dtype)
+    x = source.to(dtype).contiguous(memory_format=layout).requires_grad_(True)
+    expected = F.max_pool2d(x, 2, 2)
+    (expected_grad,) = torch.autograd.grad(expected, x, upstream)
+    compact = CompactMaxPool2d(pool)
+    got = compact(x)
+    (grad,) = torch.autograd.grad(got, x, upstream)
+    assert got.grad_fn.name().endswith("WindowMaxPoolFunctionBackward")
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+    assert grad.is_contiguous(memory_format=layout)
 
 
 def test_frozen_conv_trains_unfrozen_weights():

@@ -30,13 +30,13 @@ _CLI_HANDLER_NAME = "nstzoo-cli"
 
 
 def _setup_logging() -> None:
-    """Send the packages' INFO logs (DEBUG with NSTZOO_DEBUG=1) to stderr, once per process."""
+    """Send the packages' INFO logs (DEBUG with NSTZOO_DEBUG=1) to the current ``sys.stderr``, with one handler."""
     level = logging.DEBUG if config.debug() else logging.INFO
     for name in ("modelzoo", "converters", "registry"):
         package_logger = logging.getLogger(name)
         package_logger.setLevel(level)
-        if any(handler.get_name() == _CLI_HANDLER_NAME for handler in package_logger.handlers):
-            continue
+        for old in [handler for handler in package_logger.handlers if handler.get_name() == _CLI_HANDLER_NAME]:
+            package_logger.removeHandler(old)  # its stream may be an earlier, closed sys.stderr
         handler = logging.StreamHandler(sys.stderr)
         handler.set_name(_CLI_HANDLER_NAME)
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -22,6 +22,7 @@ from modelzoo.engine.multiscale import ScaleJob, run_scales, scale_sizes
 from modelzoo.engine.network import Contract, LayerPlan, card_of, load_network, plan_layers
 from modelzoo.engine.optimise import ProgressCallback
 from modelzoo.engine.options import StyleOptions
+from modelzoo.engine.precision import resolve_precision
 from modelzoo.errors import ImageError, OptionError
 from modelzoo.images import from_pil, list_images, load_image, to_pil
 
@@ -61,6 +62,9 @@ def stylize(content: ImageInput, style: ImageInput | Sequence[ImageInput], optio
     needs (default for a network without a card: RGB in [0, 1]).
     """
     options = (options or StyleOptions()).with_changes(**changes)
+    options = options.with_changes(precision=resolve_precision(options.precision, _input_device(options)))
+    if options.precision == "bfloat16":
+        logger.info("the network runs in bfloat16 (--precision float32 for float32 throughout)")
     generator = _seed(options.seed)
     _configure_backend(options)
 

@@ -8,6 +8,9 @@ torch keeps each pair as two new tensors and drops the oldest from a list. Here 
 allocated with ``torch.empty``: on CPU its pages become resident only as pairs are written, so a short run
 holds no more than torch's lists would. With ``history_dtype=torch.bfloat16`` the pairs take half the memory;
 the dot products and updates still run in float32.
+
+It is a plain class rather than a ``torch.optim.Optimizer``: building the first optimizer of a process
+imports about 900 more modules (torch._dynamo and its dependencies), about 150 MiB of resident memory.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ logger = logging.getLogger(__name__)
 CURVATURE_FLOOR = 1e-10  # torch.optim.LBFGS skips a pair whose y.s is not above this
 
 
-class RingLBFGS(torch.optim.Optimizer):
+class RingLBFGS:
     """L-BFGS over one tensor, evaluating ``closure`` at most ``max_iter`` times per ``step`` call.
 
     Like torch.optim.LBFGS with ``line_search_fn=None`` and tolerances of -1, a step stops early only when
@@ -32,7 +35,6 @@ class RingLBFGS(torch.optim.Optimizer):
 
     def __init__(self, param: Tensor, max_iter: int, history_size: int = 100, lr: float = 1.0,
                  history_dtype: torch.dtype = torch.float32) -> None:
-        super().__init__([param], {"lr": lr})
         self.param = param
         self.max_iter = max_iter
         self.history_size = history_size
@@ -51,6 +53,13 @@ class RingLBFGS(torch.optim.Optimizer):
         self.step_size = 0.0
         self.previous_gradient: Tensor | None = None
         self.h_diag: Tensor | float = 1
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the parameter's gradient, as ``torch.optim.Optimizer.zero_grad`` does."""
+        if set_to_none:
+            self.param.grad = None
+        elif self.param.grad is not None:
+            self.param.grad.zero_()
 
     def _row(self, kind: int, index: int) -> Tensor:
         """Return the ``index``-th oldest stored s (kind=0) or y (kind=1), in the parameter's dtype."""
@@ -90,7 +99,7 @@ class RingLBFGS(torch.optim.Optimizer):
         return grad.reshape(-1) if grad is not None else self.param.new_zeros(self.param.numel())
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor]) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Callable[[], Tensor]) -> Tensor:
         with torch.enable_grad():
             first_loss = closure()
         gradient = self._gradient()

@@ -13,8 +13,11 @@ For VGG-19 up to relu5_1 at 512 px this cuts the saved tensors from about 440 Mi
 estimate from the tensor sizes. The measured growth of resident memory over the forward pass fell by
 about 160 MiB.
 The values and gradients are the same as autograd's, because the same kernels compute them. Each module
-falls back to the module it wraps when a weight requires a gradient, no gradient is recorded, or autocast
-is on (bfloat16 runs keep autograd's saved tensors).
+falls back to the module it wraps when a weight requires a gradient or no gradient is recorded.
+
+Under CPU or CUDA autocast to bfloat16 (``precision="bfloat16"``) the convolution runs on a bfloat16 copy
+of its weight and bias, made once and kept while the weight is unchanged, where autocast would convert
+the frozen weight again at every call. ReLU and max pooling work on bfloat16 activations as they are.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _autocast_on(x: Tensor) -> bool:
-    return torch.is_autocast_enabled(x.device.type)
+def _autocast_type(x: Tensor) -> torch.dtype | None:
+    """Return the autocast type for ``x``'s device, or None when autocast is off there."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -63,14 +70,28 @@ class FrozenConv2d(nn.Module):
     def __init__(self, conv: nn.Module) -> None:
         super().__init__()
         self.conv = conv
+        self._cast: tuple[tuple, Tensor, Tensor | None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         conv = self.conv
         frozen = not conv.weight.requires_grad and (conv.bias is None or not conv.bias.requires_grad)
-        if not frozen or not torch.is_grad_enabled() or not x.requires_grad or _autocast_on(x):
+        low = _autocast_type(x)
+        if not frozen or not torch.is_grad_enabled() or not x.requires_grad:
             return conv(x)
-        return _FrozenConvFunction.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                                         conv.groups)
+        weight, bias = conv.weight, conv.bias
+        if low is not None and low != weight.dtype:
+            weight, bias = self._cast_weights(low)
+            x = x.to(low)
+        return _FrozenConvFunction.apply(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def _cast_weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """Return the weight and bias in ``dtype``, converted once while the weight stays the same tensor."""
+        weight, bias = self.conv.weight, self.conv.bias
+        key = (dtype, weight.device, weight.data_ptr(), weight._version,
+               None if bias is None else (bias.data_ptr(), bias._version))
+        if self._cast is None or self._cast[0] != key:
+            self._cast = (key, weight.detach().to(dtype), None if bias is None else bias.detach().to(dtype))
+        return self._cast[1], self._cast[2]
 
 
 class _MaskedReLUFunction(torch.autograd.Function):
@@ -91,7 +112,7 @@ class MaskedReLU(nn.Module):
     """In-place ReLU that saves a one-byte mask for its backward pass; only for an input no other node reads."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() or not x.requires_grad or _autocast_on(x):
+        if not torch.is_grad_enabled() or not x.requires_grad:
             return torch.relu_(x)
         return _MaskedReLUFunction.apply(x)
 
@@ -120,8 +141,44 @@ class _CompactMaxPoolFunction(torch.autograd.Function):
         return planes.view(batch, channels, height, width), None, None, None, None
 
 
+class _WindowMaxPoolFunction(torch.autograd.Function):
+    """Max pooling with windows that neither overlap nor leave the input (kernel = stride, no padding).
+
+    Saves, per output, the position of its maximum within its window as one byte: the first position in
+    row-major order that holds the maximum, which is the one PyTorch's kernel picks on ties.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel):  # type: ignore[override]
+        kh, kw = kernel
+        result = F.max_pool2d(x, kernel, kernel)
+        height, width = result.shape[2] * kh, result.shape[3] * kw
+        code = torch.empty(result.shape, dtype=torch.uint8, device=x.device, memory_format=_memory_format(x))
+        for position in reversed(range(kh * kw)):  # the lowest matching position is written last
+            dy, dx = divmod(position, kw)
+            code.masked_fill_(x[:, :, dy:height:kh, dx:width:kw] == result, position)
+        ctx.save_for_backward(code)
+        ctx.kernel, ctx.input_shape, ctx.input_format = kernel, x.shape, _memory_format(x)
+        return result
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (code,) = ctx.saved_tensors
+        kh, kw = ctx.kernel
+        height, width = code.shape[2] * kh, code.shape[3] * kw
+        # Every input position lies in at most one window, so each is written once; the rest stay zero.
+        grad_input = torch.empty(ctx.input_shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.input_format)
+        grad_input.zero_()
+        zero = grad.new_zeros(())
+        for position in range(kh * kw):
+            dy, dx = divmod(position, kw)
+            grad_input[:, :, dy:height:kh, dx:width:kw] = torch.where(code == position, grad, zero)
+        return grad_input, None
+
+
 class CompactMaxPool2d(nn.Module):
-    """Wrapper of a ``converters.ops.Pool2d`` that saves only int32 indices in max mode; other modes run as is."""
+    """Wrapper of a ``converters.ops.Pool2d`` that saves one byte per output (windows that tile the input) or
+    int32 indices in max mode; other modes run as is."""
 
     def __init__(self, pool: nn.Module) -> None:
         super().__init__()
@@ -133,9 +190,11 @@ class CompactMaxPool2d(nn.Module):
         pool = self.pool
         (kh, kw), (sh, sw), (ph, pw) = pool.kernel, pool.stride, pool.padding
         simple = pool.mode == "max" and not pool.is_global and ph * 2 <= kh and pw * 2 <= kw and x.dim() == 4
-        if (not simple or not torch.is_grad_enabled() or not x.requires_grad or _autocast_on(x)
-                or x.shape[2] * x.shape[3] >= 2**31):
+        if not simple or not torch.is_grad_enabled() or not x.requires_grad or x.shape[2] * x.shape[3] >= 2**31:
             return pool(x)
+        tiles = (kh, kw) == (sh, sw) and ph == pw == 0 and kh * kw <= 256
+        if tiles and not pool.ceil_mode or (tiles and x.shape[2] % kh == 0 and x.shape[3] % kw == 0):
+            return _WindowMaxPoolFunction.apply(x, [kh, kw])  # ceil mode rounds nothing up for these sizes
         result = _CompactMaxPoolFunction.apply(x, [kh, kw], [sh, sw], [ph, pw], pool.ceil_mode)
         if (result.shape[2] != pooled_size(x.shape[2], kh, sh, ph, pool.ceil_mode)
                 or result.shape[3] != pooled_size(x.shape[3], kw, sw, pw, pool.ceil_mode)):

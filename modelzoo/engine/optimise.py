@@ -17,9 +17,11 @@ import torch
 from torch import Tensor
 
 from modelzoo.engine.lbfgs import RingLBFGS
-from modelzoo.engine.losses import TV_LOSSES, content_loss, gram_matrix, normalized
+from modelzoo.engine.losses import NORM_ORDERS, TV_LOSSES, content_loss, gram_matrix, normalized
 from modelzoo.engine.network import LayerPlan
 from modelzoo.engine.targets import ContentTargets, StyleTargets
+from modelzoo.engine.taps import ContentTap, StyleTap
+from modelzoo.engine.taps import objective as taps_objective
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class Objective:
     gradient_norm: str = "l1"
     precision: str = "float32"
     channels_last: bool = False  # run the network on an NHWC copy of the image (faster with oneDNN)
+    taps: bool = True  # add loss gradients inside the network's backward pass when it supports that (taps.py)
     content_layer_weights: dict[str, float] = field(default_factory=dict)
     style_layer_weights: dict[str, float] = field(default_factory=dict)
 
@@ -98,6 +101,8 @@ class Objective:
         With ``normalize_gradients`` the differentiated objective differs from the reported loss: each
         layer's gradient is normalised and then weighted, as in neural-style.
         """
+        if self.taps and getattr(self.net, "supports_taps", False):
+            return self._evaluate_with_taps(image)
         device = image.device
         features = self._extract(image)
         terms: dict[str, Tensor] = {}
@@ -113,6 +118,38 @@ class Objective:
             objective, terms[f"style/{layer}"] = self._term(
                 objective, features[layer], weight,
                 lambda f, t=self.style.grams[layer]: torch.nn.functional.mse_loss(gram_matrix(f), t), device)
+        if self.plan.tv_weight > 0:
+            tv = self.plan.tv_weight * TV_LOSSES[self.tv_form](image)
+            terms["tv"] = tv.detach()
+            objective = objective + tv
+        total = sum((value for value in terms.values()), image.new_zeros(()))
+        return objective, total, terms
+
+    def _evaluate_with_taps(self, image: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """``evaluate`` with the content and style terms as taps inside the network (``modelzoo.engine.taps``)."""
+        record: dict[str, Tensor] = {}
+        order = NORM_ORDERS[self.gradient_norm] if self.normalize_gradients else 0
+        functions: dict[str, list] = {}
+        for layer, weight in self.content_layer_weights.items():
+            if weight != 0:
+                target = self.content.features[layer]
+                functions.setdefault(layer, []).append(
+                    lambda x, t=target, w=weight, key=f"content/{layer}": ContentTap.apply(x, t, w, order, record, key))
+        for layer, weight in self.style_layer_weights.items():
+            if weight != 0:
+                target = self.style.grams[layer]
+                functions.setdefault(layer, []).append(
+                    lambda x, t=target, w=weight, key=f"style/{layer}": StyleTap.apply(x, t, w, order, record, key))
+        taps = {layer: _chained(chain) for layer, chain in functions.items()}
+        network_input = image.contiguous(memory_format=torch.channels_last) if self.channels_last else image
+        if self.precision == "float32":
+            features = self.net.extract(network_input, self.plan.all_layers, taps=taps)
+        else:
+            with torch.autocast(image.device.type, dtype=torch.bfloat16):
+                features = self.net.extract(network_input, self.plan.all_layers, taps=taps)
+        tapped = [features[layer] for layer in taps]
+        terms = {key: value.to(image.device) for key, value in record.items()}
+        objective = taps_objective(record, tapped).to(image.device) if tapped else image.new_zeros(())
         if self.plan.tv_weight > 0:
             tv = self.plan.tv_weight * TV_LOSSES[self.tv_form](image)
             terms["tv"] = tv.detach()
@@ -138,6 +175,12 @@ class Objective:
         return objective + value, value.detach()
 
 
+def _chained(functions: list) -> Callable[[Tensor], Tensor]:
+    if len(functions) == 1:
+        return functions[0]
+    return lambda x: _chained(functions[1:])(functions[0](x))
+
+
 @dataclass
 class RunSettings:
     """How to optimise: optimizer, its settings, iterations, reporting cadence and the output mapping."""
@@ -155,7 +198,7 @@ class RunSettings:
     to_rgb: Callable[[Tensor], Tensor] | None = None  # network space -> RGB [0, 1], for snapshots
 
 
-def _lbfgs(image: Tensor, settings: RunSettings) -> tuple[torch.optim.Optimizer, int]:
+def _lbfgs(image: Tensor, settings: RunSettings) -> tuple[RingLBFGS, int]:
     # Negative tolerances never stop early: every run does exactly ``iterations`` evaluations.
     optimizer = RingLBFGS(image, max_iter=settings.iterations, history_size=settings.lbfgs_history,
                           history_dtype=getattr(torch, settings.lbfgs_history_dtype))

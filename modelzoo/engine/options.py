@@ -23,7 +23,7 @@ TV_FORMS = ("l2", "l1")
 GRADIENT_NORMS = ("l1", "l2")
 PIXEL_SCALES = (255.0, 256.0)
 COLOR_TRANSFERS = ("none", "histogram")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16")
 LBFGS_HISTORY_DTYPES = ("float32", "bfloat16")
 
 
@@ -63,7 +63,7 @@ class StyleOptions:
     lbfgs_history_dtype: str = "float32"  # "bfloat16": store L-BFGS's (s, y) pairs in half the memory
     learning_rate: float = 1e1  # Adam step in network-input units (0-255 scale for Caffe models)
     seed: int | None = None  # None: not seeded; an int makes CPU runs reproducible
-    precision: str = "float32"  # "bfloat16": run the network under autocast; losses stay float32
+    precision: str = "auto"  # "bfloat16": activations in bfloat16, losses float32; "auto": see engine/precision.py
     channels_last: bool | None = None  # run the network on NHWC images; None: on for the CPU
 
     # --- multi-scale ---

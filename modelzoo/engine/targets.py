@@ -1,4 +1,8 @@
-"""Targets of a style transfer: content activations and blended style Gram matrices, computed once."""
+"""Targets of a style transfer: content activations and blended style Gram matrices, computed once.
+
+Under bfloat16 autocast the network runs in bfloat16, as it does during the optimisation, and the targets
+are stored in float32.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ def compute_style_targets(net, style_inputs: list[Tensor], weights: list[float],
     for image, weight in zip(style_inputs, weights):
         features = net.extract(image, list(layers))
         for layer in layers:
-            gram = gram_matrix(features[layer]) * weight
+            gram = _float32_gram(features[layer]) * weight
             grams[layer] = grams[layer] + gram if layer in grams else gram
         del features
     return StyleTargets(grams)
@@ -55,4 +59,10 @@ def compute_style_targets(net, style_inputs: list[Tensor], weights: list[float],
 def compute_content_targets(net, content_input: Tensor, layers: tuple[str, ...]) -> ContentTargets:
     """Return the content image's activations at ``layers``."""
     features = net.extract(content_input, list(layers))
-    return ContentTargets({layer: features[layer].detach() for layer in layers})
+    return ContentTargets({layer: features[layer].detach().float() for layer in layers})
+
+
+def _float32_gram(features: Tensor) -> Tensor:
+    """Return the Gram matrix in float32, also of bfloat16 activations and under autocast."""
+    with torch.autocast(features.device.type, enabled=False):
+        return gram_matrix(features.float())
