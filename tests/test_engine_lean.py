@@ -15,7 +15,7 @@ from converters.graph import GraphSpec, Node
 from converters.network import GraphNet
 from converters.ops import Pool2d
 from modelzoo.engine.fusion import prepare_for_layers
-from modelzoo.engine.lean import CompactMaxPool2d, FrozenConv2d, MaskedReLU
+from modelzoo.engine.lean import CompactMaxPool2d, DeferredReLU, FrozenConv2d, MaskedReLU
 from modelzoo.engine.losses import gram_matrix
 from test_engine_support import tiny_vgg
 
@@ -60,9 +60,10 @@ def test_lean_network_matches_autograd():
     image = torch.randn(1, 3, 40, 36, generator=torch.Generator().manual_seed(1)) * 50
     expected, expected_grad = activations_and_gradient(frozen(tiny_vgg()), image)
     lean = prepare_for_layers(frozen(tiny_vgg()), LAYERS, lean_backward=True)
-    assert any(isinstance(module, MaskedReLU) for module in lean.layers)
+    # relu2_1 is not requested and only pool2 reads it, so pool2 applies it.
+    assert isinstance(lean.layers[lean.layer_names.index("relu2_1")], DeferredReLU)
+    assert lean.layers[lean.layer_names.index("pool2")].relu
     assert any(isinstance(module, FrozenConv2d) for module in lean.layers)
-    assert any(isinstance(module, CompactMaxPool2d) for module in lean.layers)
     got, grad = activations_and_gradient(lean, image)
     for name in LAYERS:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-6)
@@ -117,14 +118,15 @@ def test_compact_max_pool_matches_pool():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_window_max_pool_matches_pool_with_ties(dtype, layout):
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_window_max_pool_matches_pool_with_ties(dtype, layout, kernel):
     # ReLU outputs are full of equal zeros: on a tie the gradient goes to the first position of the window
-    # in row-major order, as in PyTorch's kernel. 9 x 11 leaves a row and a column outside every window.
-    pool = Pool2d({"mode": "max", "kernel": 2, "stride": 2}, {})
-    source = torch.relu(torch.randn(1, 5, 9, 11, generator=torch.Generator().manual_seed(8))).round()
-    upstream = torch.randn(1, 5, 4, 5, generator=torch.Generator().manual_seed(9)).to(dtype)
+    # in row-major order, as in PyTorch's kernel. 10 x 11 leaves a row or column outside every window.
+    pool = Pool2d({"mode": "max", "kernel": kernel, "stride": kernel}, {})
+    source = torch.relu(torch.randn(1, 5, 10, 11, generator=torch.Generator().manual_seed(8))).round()
+    upstream = torch.randn(1, 5, 10 // kernel, 11 // kernel, generator=torch.Generator().manual_seed(9)).to(dtype)
     x = source.to(dtype).contiguous(memory_format=layout).requires_grad_(True)
-    expected = F.max_pool2d(x, 2, 2)
+    expected = F.max_pool2d(x, kernel, kernel)
     (expected_grad,) = torch.autograd.grad(expected, x, upstream)
     compact = CompactMaxPool2d(pool)
     got = compact(x)

@@ -65,7 +65,7 @@ def prepare_for_layers(net, layers: list[str], lean_backward: bool = False):
         fused.spec.nodes[new_index] = original
     _relu_in_place(fused, keep, lean_backward)
     if lean_backward:
-        _wrap_lean(fused)
+        _wrap_lean(fused, keep)
     fused.card = net.card
     fused.aliases = dict(net.aliases)
     device = next(net.parameters(), torch.empty(0)).device
@@ -107,16 +107,28 @@ def _relu_in_place(net, keep: set[str], masked: bool = False) -> None:
         net.layers[index] = MaskedReLU() if masked and slope == 0.0 and node.name not in keep else InPlaceReLU(slope)
 
 
-def _wrap_lean(net) -> None:
-    """Wrap each convolution and pooling layer so that backward keeps only what the input gradient needs."""
-    from converters.ops import Conv2d, Pool2d
-    from modelzoo.engine.lean import CompactMaxPool2d, FrozenConv2d
+def _wrap_lean(net, keep: set[str]) -> None:
+    """Wrap each convolution and pooling layer so that backward keeps only what the input gradient needs.
 
+    A masked ReLU whose output only a max pooling reads, and is not requested, is left to that pooling
+    (``DeferredReLU``): the pooling clamps its smaller output and saves no separate mask.
+    """
+    from converters.ops import Conv2d, Pool2d
+    from modelzoo.engine.lean import CompactMaxPool2d, DeferredReLU, FrozenConv2d, MaskedReLU
+
+    nodes = net.spec.nodes
+    readers = _readers(nodes)
+    producers = {node.outputs[0]: index for index, node in enumerate(nodes)}
     for index, module in enumerate(net.layers):
         if type(module) is Conv2d:
             net.layers[index] = FrozenConv2d(module)
         elif type(module) is Pool2d:
-            net.layers[index] = CompactMaxPool2d(module)
+            source = producers.get(nodes[index].inputs[0])
+            fuse = (module.mode == "max" and source is not None and isinstance(net.layers[source], MaskedReLU)
+                    and nodes[source].name not in keep and readers[nodes[source].outputs[0]] == 1)
+            net.layers[index] = CompactMaxPool2d(module, relu=fuse)
+            if fuse:
+                net.layers[source] = DeferredReLU()
 
 
 def _placeholder(node):

@@ -108,6 +108,17 @@ class _MaskedReLUFunction(torch.autograd.Function):
         return grad * positive
 
 
+class DeferredReLU(nn.Module):
+    """Pass-through for a ReLU whose only reader is a ``CompactMaxPool2d`` that applies it (``relu=True``).
+
+    Pooling first and then clamping is exact, max(relu(x)) = relu(max(x)), and the gradient is the same
+    (zero where the maximum is not positive). It skips a pass over the larger tensor and its saved mask.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
 class MaskedReLU(nn.Module):
     """In-place ReLU that saves a one-byte mask for its backward pass; only for an input no other node reads."""
 
@@ -141,24 +152,41 @@ class _CompactMaxPoolFunction(torch.autograd.Function):
         return planes.view(batch, channels, height, width), None, None, None, None
 
 
+NO_POSITION = 255  # window code of an output that passes no gradient back (a ReLU before the pooling zeroed it)
+
+
 class _WindowMaxPoolFunction(torch.autograd.Function):
     """Max pooling with windows that neither overlap nor leave the input (kernel = stride, no padding).
 
     Saves, per output, the position of its maximum within its window as one byte: the first position in
-    row-major order that holds the maximum, which is the one PyTorch's kernel picks on ties.
+    row-major order that holds the maximum, which is the one PyTorch's kernel picks on ties. The maximum and
+    the position come from element-wise comparisons of the strided window views, which is also about 3x faster
+    than PyTorch's kernel with its int64 indices.
     """
 
     @staticmethod
-    def forward(ctx, x, kernel):  # type: ignore[override]
+    def forward(ctx, x, kernel, relu=False):  # type: ignore[override]
         kh, kw = kernel
-        result = F.max_pool2d(x, kernel, kernel)
-        height, width = result.shape[2] * kh, result.shape[3] * kw
-        code = torch.empty(result.shape, dtype=torch.uint8, device=x.device, memory_format=_memory_format(x))
-        for position in reversed(range(kh * kw)):  # the lowest matching position is written last
-            dy, dx = divmod(position, kw)
-            code.masked_fill_(x[:, :, dy:height:kh, dx:width:kw] == result, position)
+        layout = _memory_format(x)
+        height, width = x.shape[2] // kh * kh, x.shape[3] // kw * kw
+        views = [x[:, :, dy:height:kh, dx:width:kw] for dy in range(kh) for dx in range(kw)]
+        if len(views) == 4:  # 2 x 2: compare in pairs, then the pair maxima; ">" keeps the first of equals
+            top, bottom = torch.maximum(views[0], views[1]), torch.maximum(views[2], views[3])
+            lower = bottom > top
+            result = torch.maximum(top, bottom).contiguous(memory_format=layout)
+            code = torch.where(lower, (views[3] > views[2]).to(torch.uint8) + 2, (views[1] > views[0]).to(torch.uint8))
+        else:
+            result = views[0].contiguous(memory_format=layout)
+            code = torch.zeros_like(result, dtype=torch.uint8)
+            for position, view in enumerate(views[1:], start=1):
+                greater = view > result
+                torch.maximum(result, view, out=result)
+                code = torch.where(greater, torch.tensor(position, dtype=torch.uint8, device=x.device), code)
+        if relu:  # max(relu(x)) = relu(max(x)); where the maximum is not positive no position gets a gradient
+            code.masked_fill_(result <= 0, NO_POSITION)
+            result.clamp_min_(0)
         ctx.save_for_backward(code)
-        ctx.kernel, ctx.input_shape, ctx.input_format = kernel, x.shape, _memory_format(x)
+        ctx.kernel, ctx.input_shape, ctx.input_format = kernel, x.shape, layout
         return result
 
     @staticmethod
@@ -166,25 +194,48 @@ class _WindowMaxPoolFunction(torch.autograd.Function):
         (code,) = ctx.saved_tensors
         kh, kw = ctx.kernel
         height, width = code.shape[2] * kh, code.shape[3] * kw
-        # Every input position lies in at most one window, so each is written once; the rest stay zero.
         grad_input = torch.empty(ctx.input_shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.input_format)
-        grad_input.zero_()
-        zero = grad.new_zeros(())
+        if (height, width) != tuple(ctx.input_shape[2:]):
+            grad_input.zero_()  # rows and columns outside every window get no gradient
+        # Each window position gets the gradient where it held the maximum and zero elsewhere: every input
+        # position inside a window is written once.
         for position in range(kh * kw):
             dy, dx = divmod(position, kw)
-            grad_input[:, :, dy:height:kh, dx:width:kw] = torch.where(code == position, grad, zero)
-        return grad_input, None
+            torch.mul(grad, code == position, out=grad_input[:, :, dy:height:kh, dx:width:kw])
+        return grad_input, None, None
 
 
 class CompactMaxPool2d(nn.Module):
     """Wrapper of a ``converters.ops.Pool2d`` that saves one byte per output (windows that tile the input) or
     int32 indices in max mode; other modes run as is."""
 
-    def __init__(self, pool: nn.Module) -> None:
+    def __init__(self, pool: nn.Module, relu: bool = False) -> None:
         super().__init__()
         self.pool = pool
+        self.relu = relu  # apply the ReLU of the node before, which then passes its input through
 
     def forward(self, x: Tensor) -> Tensor:
+        pool = self.pool
+        window = self._window_path(x)
+        if window and torch.is_grad_enabled() and x.requires_grad:
+            return _WindowMaxPoolFunction.apply(x, list(pool.kernel), self.relu)
+        if self.relu:
+            if window:  # max pooling without a gradient: clamp the smaller result
+                return pool(x).clamp_min_(0)
+            x = torch.relu(x)
+        return self._compact_or_plain(x)
+
+    def _window_path(self, x: Tensor) -> bool:
+        """Return whether ``x`` suits the one-byte window path: max windows that tile the input."""
+        pool = self.pool
+        if pool.mode != "max" or pool.is_global or x.dim() != 4:
+            return False
+        (kh, kw), stride, padding = pool.kernel, tuple(pool.stride), tuple(pool.padding)
+        if stride != (kh, kw) or padding != (0, 0) or kh * kw >= NO_POSITION:
+            return False
+        return not pool.ceil_mode or (x.shape[2] % kh == 0 and x.shape[3] % kw == 0)  # nothing to round up
+
+    def _compact_or_plain(self, x: Tensor) -> Tensor:
         from converters.ops import pooled_size
 
         pool = self.pool
@@ -192,9 +243,6 @@ class CompactMaxPool2d(nn.Module):
         simple = pool.mode == "max" and not pool.is_global and ph * 2 <= kh and pw * 2 <= kw and x.dim() == 4
         if not simple or not torch.is_grad_enabled() or not x.requires_grad or x.shape[2] * x.shape[3] >= 2**31:
             return pool(x)
-        tiles = (kh, kw) == (sh, sw) and ph == pw == 0 and kh * kw <= 256
-        if tiles and not pool.ceil_mode or (tiles and x.shape[2] % kh == 0 and x.shape[3] % kw == 0):
-            return _WindowMaxPoolFunction.apply(x, [kh, kw])  # ceil mode rounds nothing up for these sizes
         result = _CompactMaxPoolFunction.apply(x, [kh, kw], [sh, sw], [ph, pw], pool.ceil_mode)
         if (result.shape[2] != pooled_size(x.shape[2], kh, sh, ph, pool.ceil_mode)
                 or result.shape[3] != pooled_size(x.shape[3], kw, sw, pw, pool.ceil_mode)):

@@ -30,6 +30,35 @@ def gram_matrix(features: Tensor) -> Tensor:
     return (flat @ flat.t()) / (channels * height * width)
 
 
+GRAM_CHUNK_POSITIONS = 16384  # positions converted to float32 at a time: 4 MiB for 64 channels
+
+
+def float32_gram(features: Tensor) -> Tensor:
+    """Return ``gram_matrix(features)`` computed in float32, also for bfloat16 features and under autocast.
+
+    Lower-precision features are converted a chunk of positions at a time and accumulated, so no float32
+    copy of the whole activation is made. The products are exact in float32 (a bfloat16 value converts
+    exactly), and the sums run in float32.
+    """
+    with torch.autocast(features.device.type, enabled=False):
+        if features.dtype == torch.float32:
+            return gram_matrix(features)
+        _, channels, height, width = features.shape
+        nhwc = not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last)
+        gram = torch.zeros(channels, channels, dtype=torch.float32, device=features.device)
+        if nhwc:
+            rows = features.permute(0, 2, 3, 1).reshape(height * width, channels)
+            for start in range(0, height * width, GRAM_CHUNK_POSITIONS):
+                chunk = rows[start:start + GRAM_CHUNK_POSITIONS].float()
+                gram.addmm_(chunk.t(), chunk)
+        else:
+            columns = features.reshape(channels, height * width)
+            for start in range(0, height * width, GRAM_CHUNK_POSITIONS):
+                chunk = columns[:, start:start + GRAM_CHUNK_POSITIONS].float()
+                gram.addmm_(chunk, chunk.t())
+        return gram / (channels * height * width)
+
+
 def content_loss(features: Tensor, target: Tensor) -> Tensor:
     """Return the mean squared error between activations (unweighted)."""
     return F.mse_loss(features, target)

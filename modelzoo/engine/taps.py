@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from modelzoo.engine.losses import GRADIENT_EPSILON, gram_matrix
+from modelzoo.engine.losses import GRADIENT_EPSILON, float32_gram
 
 
 def _is_nhwc(x: Tensor) -> bool:
@@ -65,8 +65,7 @@ class StyleTap(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features: Tensor, target: Tensor, weight: float, order: int, record: dict, key: str):  # type: ignore[override]
-        with torch.autocast(features.device.type, enabled=False):  # the Gram matrix in float32, under autocast too
-            gram = gram_matrix(features.float() if features.dtype != torch.float32 else features)
+        gram = float32_gram(features)
         difference = gram - target.to(gram.device)
         record[key] = (difference.square().mean() * weight).detach()
         channels = gram.shape[0]

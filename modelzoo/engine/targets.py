@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from modelzoo.engine.losses import gram_matrix
+from modelzoo.engine.losses import float32_gram
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def compute_style_targets(net, style_inputs: list[Tensor], weights: list[float],
     for image, weight in zip(style_inputs, weights):
         features = net.extract(image, list(layers))
         for layer in layers:
-            gram = _float32_gram(features[layer]) * weight
+            gram = float32_gram(features[layer]) * weight
             grams[layer] = grams[layer] + gram if layer in grams else gram
         del features
     return StyleTargets(grams)
@@ -60,9 +60,3 @@ def compute_content_targets(net, content_input: Tensor, layers: tuple[str, ...])
     """Return the content image's activations at ``layers``."""
     features = net.extract(content_input, list(layers))
     return ContentTargets({layer: features[layer].detach().float() for layer in layers})
-
-
-def _float32_gram(features: Tensor) -> Tensor:
-    """Return the Gram matrix in float32, also of bfloat16 activations and under autocast."""
-    with torch.autocast(features.device.type, enabled=False):
-        return gram_matrix(features.float())
