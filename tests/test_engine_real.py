@@ -108,3 +108,16 @@ def test_original_colors_keep_content_chroma(open_nsfw_net, transfer):
     assert free_error > 5 / 255
     luma_change = (rgb_to_ycbcr(kept.image)[:, :1] - rgb_to_ycbcr(content_at())[:, :1]).abs().mean().item()
     assert luma_change > 5 / 255
+
+
+def test_bfloat16_transfer_as_good_as_float32(open_nsfw_net):
+    # Measured at 128 px, 40 iterations: style distance 6.063e-9 (bfloat16) vs 6.049e-9 (float32), SSIM to the
+    # content 0.548 vs 0.551, style loss fall 531x vs 537x. Bounds: 10% and 0.03 either way.
+    runs = {precision: stylize(CONTENT_PHOTO, VAN_GOGH, model=open_nsfw_net, image_size=SIZE, iterations=ITERATIONS,
+                               seed=0, precision=precision)
+            for precision in ("float32", "bfloat16")}
+    distance = {precision: style_distance(open_nsfw_net, run.image, VAN_GOGH) for precision, run in runs.items()}
+    assert distance["bfloat16"] == pytest.approx(distance["float32"], rel=0.1)
+    assert abs(ssim_to_content(runs["bfloat16"].image) - ssim_to_content(runs["float32"].image)) < 0.03
+    falls = {precision: run.history[0]["style"] / run.history[-1]["style"] for precision, run in runs.items()}
+    assert falls["bfloat16"] == pytest.approx(falls["float32"], rel=0.1)
