@@ -1,9 +1,9 @@
 """Content and style losses that add their gradient when the backward pass reaches their layer.
 
-With autograd's usual order, the gradient of every loss term is computed first, as soon as the backward
-pass starts, and each one is held until the pass reaches its layer: for VGG-19 at 512 px that is about
-120 MiB of style gradients held through the whole pass, and the Gram matrix products make two more copies
-of each activation while they are computed. neural-style Lua avoids this by putting its loss modules inside
+With autograd's usual order, the gradient of every loss term is computed as soon as the backward pass
+starts. Each one is then held until the pass reaches its layer. For VGG-19 at 512 px that is about 120 MiB
+of style gradients held through the whole pass (an estimate from the tensor sizes), and the Gram matrix
+products make two more copies of each activation while they are computed. neural-style Lua avoids this by putting its loss modules inside
 the network; these taps do the same:
 
 - ``ContentTap`` and ``StyleTap`` sit in the network right after the layer they read. Their forward pass
