@@ -53,9 +53,9 @@ def objectives(net, plan: LayerPlan, channels_last: bool, **settings) -> tuple[O
     layout = torch.channels_last if channels_last else torch.contiguous_format
     content_targets = compute_content_targets(net, content.contiguous(memory_format=layout), plan.content_layers)
     style_targets = compute_style_targets(net, [style.contiguous(memory_format=layout)], [1.0], plan.style_layers)
-    made = [Objective(net, plan, content_targets, style_targets, channels_last=channels_last, taps=taps, **settings)
+    pair = [Objective(net, plan, content_targets, style_targets, channels_last=channels_last, taps=taps, **settings)
             for taps in (True, False)]
-    return made[0], made[1]
+    return pair[0], pair[1]
 
 
 def loss_and_gradient(objective: Objective, image: torch.Tensor):
@@ -89,9 +89,9 @@ def test_taps_match_autograd_on_vgg_chain(channels_last, normalize):
     assert_same(loss_and_gradient(tapped, image), loss_and_gradient(reference, image))
 
 
-def test_taps_match_autograd_on_residual_graph_with_side_branch():
-    # relu1 feeds both the residual sum and the side branch; "side" is requested but feeds no deeper layer,
-    # so its tap only receives the zeros autograd materialises. relu2 is both a content and a style layer.
+def test_taps_match_autograd_on_residual_graph():
+    # relu1 feeds both the residual sum and the side branch. "side" is requested but feeds no deeper layer,
+    # so its tap receives only the zeros that autograd materialises. relu2 is a content and a style layer.
     plan = LayerPlan(("relu2",), ("relu1", "relu2", "side", "relu3"), (1.0, 1.0, 1.0, 1.0), 5.0, 100.0, 0.0)
     net = frozen(residual_net())
     tapped, reference = objectives(net, plan, channels_last=False)

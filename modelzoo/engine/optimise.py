@@ -118,12 +118,7 @@ class Objective:
             objective, terms[f"style/{layer}"] = self._term(
                 objective, features[layer], weight,
                 lambda f, t=self.style.grams[layer]: torch.nn.functional.mse_loss(gram_matrix(f), t), device)
-        if self.plan.tv_weight > 0:
-            tv = self.plan.tv_weight * TV_LOSSES[self.tv_form](image)
-            terms["tv"] = tv.detach()
-            objective = objective + tv
-        total = sum((value for value in terms.values()), image.new_zeros(()))
-        return objective, total, terms
+        return self._with_tv(image, objective, terms)
 
     def _evaluate_with_taps(self, image: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """``evaluate`` with the content and style terms as taps inside the network (``modelzoo.engine.taps``)."""
@@ -141,15 +136,14 @@ class Objective:
                 functions.setdefault(layer, []).append(
                     lambda x, t=target, w=weight, key=f"style/{layer}": StyleTap.apply(x, t, w, order, record, key))
         taps = {layer: _chained(chain) for layer, chain in functions.items()}
-        network_input = image.contiguous(memory_format=torch.channels_last) if self.channels_last else image
-        if self.precision == "float32":
-            features = self.net.extract(network_input, self.plan.all_layers, taps=taps)
-        else:
-            with torch.autocast(image.device.type, dtype=torch.bfloat16):
-                features = self.net.extract(network_input, self.plan.all_layers, taps=taps)
+        features = self._run_network(image, taps)
         tapped = [features[layer] for layer in taps]
         terms = {key: value.to(image.device) for key, value in record.items()}
         objective = taps_objective(record, tapped).to(image.device) if tapped else image.new_zeros(())
+        return self._with_tv(image, objective, terms)
+
+    def _with_tv(self, image: Tensor, objective: Tensor, terms: dict[str, Tensor]):
+        """Add the TV term to ``objective`` and ``terms``; return (objective, reported total, terms)."""
         if self.plan.tv_weight > 0:
             tv = self.plan.tv_weight * TV_LOSSES[self.tv_form](image)
             terms["tv"] = tv.detach()
@@ -157,15 +151,19 @@ class Objective:
         total = sum((value for value in terms.values()), image.new_zeros(()))
         return objective, total, terms
 
-    def _extract(self, image: Tensor) -> dict[str, Tensor]:
-        """Run the network; with bfloat16 precision under autocast, returning float32 activations."""
+    def _run_network(self, image: Tensor, taps: dict | None = None) -> dict[str, Tensor]:
+        """Run the network on ``image`` in the layout and precision set, with ``taps`` when given."""
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
+        extra = {"taps": taps} if taps is not None else {}
         if self.precision == "float32":
-            return self.net.extract(image, self.plan.all_layers)
+            return self.net.extract(image, self.plan.all_layers, **extra)
         with torch.autocast(image.device.type, dtype=torch.bfloat16):
-            features = self.net.extract(image, self.plan.all_layers)
-        return {name: value.float() for name, value in features.items()}
+            return self.net.extract(image, self.plan.all_layers, **extra)
+
+    def _extract(self, image: Tensor) -> dict[str, Tensor]:
+        """Return the requested activations in float32 (the autograd path, for networks without taps)."""
+        return {name: value.float() for name, value in self._run_network(image).items()}
 
     def _term(self, objective: Tensor, features: Tensor, weight: float, loss, device) -> tuple[Tensor, Tensor]:
         if self.normalize_gradients:
