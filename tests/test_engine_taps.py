@@ -101,14 +101,29 @@ def test_taps_match_autograd_on_residual_graph():
 
 def test_gram_loss_gradient_by_hand():
     # One channel, two positions: F = [a, b], G = (a^2 + b^2) / 2, loss = w (G - t)^2, dloss/da = w (G - t) 2a.
-    from modelzoo.engine.taps import StyleTap
+    from modelzoo.engine.taps import StyleTap, TapRecord
 
     a, b, t, w = 3.0, -2.0, 4.0, 0.5
     features = torch.tensor([[[[a, b]]]], requires_grad=True)
-    record: dict = {}
+    record = TapRecord()
     out = StyleTap.apply(features, torch.tensor([[t]]), w, 0, record, "style/x")
     out.sum().backward()  # the upstream gradient is 1 at each position
     gram = (a * a + b * b) / 2
-    assert float(record["style/x"]) == pytest.approx(w * (gram - t) ** 2, rel=1e-6)
+    assert float(record.terms["style/x"]) == pytest.approx(w * (gram - t) ** 2, rel=1e-6)
     expected = [1 + w * (gram - t) * 2 * a, 1 + w * (gram - t) * 2 * b]
     assert features.grad.flatten().tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_objective_gradient_scales_tap_gradients():
+    # d(3 * objective)/dx must be 3 times d(objective)/dx; the taps learn the 3 from the objective's backward.
+    net = prepare_for_layers(frozen(tiny_vgg()), PLAN_VGG.all_layers, lean_backward=True)
+    tapped, _ = objectives(net, PLAN_VGG, channels_last=False)
+    image = torch.randn(1, 3, 24, 20, generator=torch.Generator().manual_seed(9)) * 40
+    gradients = []
+    for factor in (1.0, 3.0):
+        x = image.clone().requires_grad_(True)
+        differentiated, _, _ = tapped.evaluate(x)
+        (differentiated * factor).backward()
+        gradients.append(x.grad)
+    # Scaling inside the sums rounds differently from scaling the result: 4e-5 relative at most, measured.
+    torch.testing.assert_close(gradients[1], gradients[0] * 3.0, rtol=2e-4, atol=1e-6 * float(gradients[0].abs().max()))

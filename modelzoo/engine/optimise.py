@@ -20,7 +20,7 @@ from modelzoo.engine.lbfgs import RingLBFGS
 from modelzoo.engine.losses import NORM_ORDERS, TV_LOSSES, content_loss, gram_matrix, normalized
 from modelzoo.engine.network import LayerPlan
 from modelzoo.engine.targets import ContentTargets, StyleTargets
-from modelzoo.engine.taps import ContentTap, StyleTap
+from modelzoo.engine.taps import ContentTap, StyleTap, TapRecord
 from modelzoo.engine.taps import objective as taps_objective
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Objective:
 
     def _evaluate_with_taps(self, image: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """``evaluate`` with the content and style terms as taps inside the network (``modelzoo.engine.taps``)."""
-        record: dict[str, Tensor] = {}
+        record = TapRecord()
         order = NORM_ORDERS[self.gradient_norm] if self.normalize_gradients else 0
         functions: dict[str, list] = {}
         for layer, weight in self.content_layer_weights.items():
@@ -138,7 +138,7 @@ class Objective:
         taps = {layer: _chained(chain) for layer, chain in functions.items()}
         features = self._run_network(image, taps)
         tapped = [features[layer] for layer in taps]
-        terms = {key: value.to(image.device) for key, value in record.items()}
+        terms = {key: value.to(image.device) for key, value in record.terms.items()}
         objective = taps_objective(record, tapped).to(image.device) if tapped else image.new_zeros(())
         return self._with_tv(image, objective, terms)
 

@@ -3,15 +3,16 @@
 With autograd's usual order, the gradient of every loss term is computed as soon as the backward pass
 starts. Each one is then held until the pass reaches its layer. For VGG-19 at 512 px that is about 120 MiB
 of style gradients held through the whole pass (an estimate from the tensor sizes), and the Gram matrix
-products make two more copies of each activation while they are computed. neural-style Lua avoids this by putting its loss modules inside
-the network; these taps do the same:
+products make two more copies of each activation while they are computed. neural-style Lua avoids this by
+putting its loss modules inside the network; these taps do the same:
 
 - ``ContentTap`` and ``StyleTap`` sit in the network right after the layer they read. Their forward pass
   returns the activation unchanged and records the loss value (no autograd graph is built for the loss).
   Their backward pass adds the loss's gradient to the gradient coming from deeper layers.
 - ``objective`` joins the recorded values into the scalar that ``backward()`` starts from. Its backward pass
   gives no gradient to the tapped activations, so a tap with no deeper layer receives zeros (autograd
-  materialises them) and adds its own gradient to them.
+  materialises them) and adds its own gradient to them. It passes the gradient it receives (1 for a plain
+  ``backward()``) to the taps, which scale their gradients by it.
 
 For a style layer with activations F ([P, C]: P positions, C channels), n = C*P, Gram matrix G = F^T F / n
 and target T, the term w * mean((G - T)^2) has the gradient F @ (4 w (G - T) / (C^2 n)), one matrix product.
@@ -60,18 +61,26 @@ def _scaled(unit: Tensor, weight: float, order: int) -> Tensor:
     return unit * weight
 
 
+class TapRecord:
+    """The weighted loss term of each tap, by key, and the scale that the objective's backward pass sets."""
+
+    def __init__(self) -> None:
+        self.terms: dict[str, Tensor] = {}
+        self.scale = 1.0
+
+
 class StyleTap(torch.autograd.Function):
     """Identity on an activation whose backward pass adds the gradient of its Gram matrix loss."""
 
     @staticmethod
-    def forward(ctx, features: Tensor, target: Tensor, weight: float, order: int, record: dict, key: str):  # type: ignore[override]
+    def forward(ctx, features: Tensor, target: Tensor, weight: float, order: int, record: TapRecord, key: str):  # type: ignore[override]
         gram = float32_gram(features)
         difference = gram - target.to(gram.device)
-        record[key] = (difference.square().mean() * weight).detach()
+        record.terms[key] = (difference.square().mean() * weight).detach()
         channels = gram.shape[0]
         # d/dF of mean((G - T)^2) is F @ (4 (G - T) / (C^2 n)), n = C * H * W; G and T are symmetric.
         ctx.factor = difference * (4.0 / (channels * channels * features[0].numel()))
-        ctx.weight, ctx.order = weight, order
+        ctx.weight, ctx.order, ctx.record = weight, order, record
         ctx.save_for_backward(features)
         return features.view_as(features)
 
@@ -79,12 +88,13 @@ class StyleTap(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (features,) = ctx.saved_tensors
         factor = ctx.factor.to(features.dtype)
+        weight = ctx.weight * ctx.record.scale
         if ctx.order:
             unit = _gradient_of_gram_loss(features, factor)
             norm = torch.linalg.vector_norm(unit, ord=ctx.order, dtype=torch.float32)
-            result = unit.mul_(ctx.weight / (float(norm) + GRADIENT_EPSILON)).add_(grad)
+            result = unit.mul_(weight / (float(norm) + GRADIENT_EPSILON)).add_(grad)
         else:
-            result = _gradient_of_gram_loss(features, factor * ctx.weight, grad.to(features.dtype))
+            result = _gradient_of_gram_loss(features, factor * weight, grad.to(features.dtype))
         return result, None, None, None, None, None
 
 
@@ -92,11 +102,11 @@ class ContentTap(torch.autograd.Function):
     """Identity on an activation whose backward pass adds the gradient of its mean squared error to a target."""
 
     @staticmethod
-    def forward(ctx, features: Tensor, target: Tensor, weight: float, order: int, record: dict, key: str):  # type: ignore[override]
+    def forward(ctx, features: Tensor, target: Tensor, weight: float, order: int, record: TapRecord, key: str):  # type: ignore[override]
         with torch.autocast(features.device.type, enabled=False):
             difference = features.float() - target.to(features.device)
-        record[key] = (difference.square().mean() * weight).detach()
-        ctx.weight, ctx.order = weight, order
+        record.terms[key] = (difference.square().mean() * weight).detach()
+        ctx.weight, ctx.order, ctx.record = weight, order, record
         ctx.save_for_backward(features, target)
         return features.view_as(features)
 
@@ -104,24 +114,27 @@ class ContentTap(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         features, target = ctx.saved_tensors
         unit = (features.float() - target.to(features.device)) * (2.0 / features.numel())
-        return grad + _scaled(unit, ctx.weight, ctx.order).to(grad.dtype), None, None, None, None, None
+        added = _scaled(unit, ctx.weight * ctx.record.scale, ctx.order).to(grad.dtype)
+        return grad + added, None, None, None, None, None
 
 
 class _Objective(torch.autograd.Function):
-    """Return the recorded total; its backward pass sends no gradient, only reaches the taps."""
+    """Return the recorded total; its backward pass sends no gradient, only the scale, and reaches the taps."""
 
     @staticmethod
-    def forward(ctx, total: Tensor, *tapped: Tensor):  # type: ignore[override]
-        ctx.count = len(tapped)
+    def forward(ctx, total: Tensor, record: TapRecord, *tapped: Tensor):  # type: ignore[override]
+        ctx.count, ctx.record = len(tapped), record
         return total.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return (None,) * (1 + ctx.count)
+        ctx.record.scale = float(grad)  # the taps run after this node, so they read it
+        return (None,) * (2 + ctx.count)
 
 
-def objective(record: dict[str, Tensor], tapped: list[Tensor]) -> Tensor:
+def objective(record: TapRecord, tapped: list[Tensor]) -> Tensor:
     """Return the sum of the recorded terms as a scalar whose backward pass runs every tap in ``tapped``."""
     device = tapped[0].device
-    total = sum((value.to(device) for value in record.values()), torch.zeros((), dtype=torch.float32, device=device))
-    return _Objective.apply(total, *tapped)
+    total = sum((value.to(device) for value in record.terms.values()),
+                torch.zeros((), dtype=torch.float32, device=device))
+    return _Objective.apply(total, record, *tapped)
