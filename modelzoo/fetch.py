@@ -105,7 +105,8 @@ def _download_file(card: ModelCard, spec: FileSpec, path: Path, progress: FetchP
             if candidate.label.startswith("mirror ") and not line.startswith("mirror"):
                 line = f"mirror: {line}"
             failures.append(line)
-            logger.warning("source %d of %d failed: %s", index, len(candidates), line)
+            more = "; trying the next source" if index < len(candidates) else ""
+            logger.warning("source %d of %d failed: %s%s", index, len(candidates), line, more)
 
     hint = hash_error.hint if hash_error is not None else (
         f"check the network (or set NSTZOO_MIRROR to a mirror you can reach), or put the file at {path} and run "

@@ -72,9 +72,18 @@ def main(argv: list[str] | None = None) -> None:
         if config.debug():
             raise
         click.echo(_error_line(error), err=True)
-        if not getattr(error, "hint", ""):
+        if not getattr(error, "hint", "") and not _is_input_error(error):
             click.echo("(set NSTZOO_DEBUG=1 to see the traceback)", err=True)
         sys.exit(1)
+
+
+def _is_input_error(error: BaseException) -> bool:
+    """Return whether ``error`` reports bad input (an option, image, card or model file), whose message is enough."""
+    from converters.errors import ConversionError
+    from modelzoo.errors import ImageError, OptionError
+    from registry.errors import RegistryError
+
+    return isinstance(error, (OptionError, ImageError, RegistryError, ConversionError))
 
 
 if __name__ == "__main__":
