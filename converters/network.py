@@ -132,11 +132,10 @@ class GraphNet(nn.Module):
         if not taps:
             return None
         self.check_layers(list(taps))
-        by_node: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        by_node: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {}
         for name, function in taps.items():
-            node = self.node_for(name)
-            by_node[node] = function if node not in by_node else _compose(by_node[node], function)
-        return by_node
+            by_node.setdefault(self.node_for(name), []).append(function)
+        return {node: chain_taps(functions) for node, functions in by_node.items()}
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the whole graph and return its output (a tuple if it has several)."""
@@ -153,5 +152,14 @@ class GraphNet(nn.Module):
         return values
 
 
-def _compose(first: Callable[[torch.Tensor], torch.Tensor], second: Callable[[torch.Tensor], torch.Tensor]):
-    return lambda value: second(first(value))
+def chain_taps(functions: list[Callable[[torch.Tensor], torch.Tensor]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return one tap that applies ``functions`` in order (the function itself when there is one)."""
+    if len(functions) == 1:
+        return functions[0]
+
+    def chained(value: torch.Tensor) -> torch.Tensor:
+        for function in functions:
+            value = function(value)
+        return value
+
+    return chained

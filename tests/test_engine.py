@@ -137,9 +137,9 @@ def test_style_folder_is_every_image(tmp_path):
 
 def test_devices_split_matches_one_device(baseline):
     split = run(devices=("cpu", "cpu"), split_at=(3,))
-    # A split network runs PyTorch's own modules; one device runs the lean ones, whose max pooling returns
-    # NHWC where PyTorch's returns NCHW here, so later convolutions sum in another order. The first two
-    # iterations agree to float32 rounding; the L-BFGS steps after them amplify it, as in the NHWC test below.
+    # A split network runs PyTorch's own modules, one device the lean ones. Their max pooling returns NHWC
+    # where PyTorch's returns NCHW here, so later convolutions sum in another order. The first two iterations
+    # agree to float32 rounding, and the L-BFGS steps after them amplify it, as in the NHWC test below.
     for ours, theirs in zip(split.history[:2], baseline.history[:2]):
         assert ours["total"] == pytest.approx(theirs["total"], rel=1e-6)
     assert (baseline.image - split.image).abs().mean().item() < 2e-3

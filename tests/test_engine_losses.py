@@ -29,6 +29,19 @@ def test_gram_matrix_matches_loops():
     np.testing.assert_allclose(gram_matrix(features).numpy(), expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_float32_gram_of_bfloat16_matches_float64(layout):
+    # 300 x 70 positions span two chunks. bfloat16 values convert exactly, so only the float32 sums round.
+    from modelzoo.engine.losses import GRAM_CHUNK_POSITIONS, float32_gram
+
+    features = torch.randn(1, 8, 300, 70, generator=torch.Generator().manual_seed(4)).bfloat16()
+    assert 300 * 70 > GRAM_CHUNK_POSITIONS
+    gram = float32_gram(features.contiguous(memory_format=layout))
+    assert gram.dtype == torch.float32
+    expected = gram_matrix(features.double()).float()
+    torch.testing.assert_close(gram, expected, rtol=FLOAT32_RTOL, atol=1e-6)
+
+
 def test_gram_matrix_is_size_independent_for_repeated_texture():
     # A texture tiled 2 x 2 has the same per-position statistics, so the C*H*W-normalised Gram is equal.
     patch = torch.randn(1, 3, 4, 4, dtype=torch.float64)

@@ -115,7 +115,7 @@ def test_gram_loss_gradient_by_hand():
 
 
 def test_objective_gradient_scales_tap_gradients():
-    # d(3 * objective)/dx must be 3 times d(objective)/dx; the taps learn the 3 from the objective's backward.
+    # d(3 * objective)/dx must be 3 times d(objective)/dx. The taps learn the 3 from the objective's backward.
     net = prepare_for_layers(frozen(tiny_vgg()), PLAN_VGG.all_layers, lean_backward=True)
     tapped, _ = objectives(net, PLAN_VGG, channels_last=False)
     image = torch.randn(1, 3, 24, 20, generator=torch.Generator().manual_seed(9)) * 40

@@ -220,10 +220,14 @@ def _stylize_with_progress(content: Path, styles: list[Path], options, output: P
             where += f" tile {event.tile_index + 1}"
         losses = (f"content {event.losses['content']:.3g}  style {event.losses['style']:.3g}  "
                   f"tv {event.losses['tv']:.3g}  total {event.losses['total']:.4g}")
-        short = (f"c {event.losses['content']:.3g} s {event.losses['style']:.3g} "
-                 f"tv {event.losses['tv']:.3g} = {event.losses['total']:.4g}")
-        bar.update(task, description=where if wide else where.replace("scale ", ""), completed=event.iteration,
-                   total=event.iterations, losses=losses if wide else short, rate=f"{event.iterations_per_second:.2f}")
+        if wide:
+            label, shown = where, losses
+        else:
+            label = where.removeprefix("scale ")
+            shown = (f"c {event.losses['content']:.3g} s {event.losses['style']:.3g} "
+                     f"tv {event.losses['tv']:.3g} = {event.losses['total']:.4g}")
+        bar.update(task, description=label, completed=event.iteration, total=event.iterations, losses=shown,
+                   rate=f"{event.iterations_per_second:.2f}")
         if event.print_due:
             bar.console.print(f"{where} iteration {event.iteration}/{event.iterations}: {losses}", soft_wrap=True)
         if event.snapshot is not None:

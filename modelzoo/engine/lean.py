@@ -158,10 +158,11 @@ NO_POSITION = 255  # window code of an output that passes no gradient back (a Re
 class _WindowMaxPoolFunction(torch.autograd.Function):
     """Max pooling with windows that neither overlap nor leave the input (kernel = stride, no padding).
 
-    Saves, per output, the position of its maximum within its window as one byte: on ties the first
-    position in row-major order, the one PyTorch's kernel picks. The maximum and
-    the position come from element-wise comparisons of the strided window views, which is also about 3x faster
-    than PyTorch's kernel with its int64 indices.
+    Saves, per output, the position of its maximum within its window as one byte. On ties it is the first
+    position in row-major order, the one PyTorch's kernel picks. The maximum and the position come from
+    element-wise comparisons of the strided window views: for 2 x 2 windows on 64 x 512 x 512 bfloat16
+    activations that took 14 ms against 51 ms for PyTorch's kernel plus the comparisons that recover the
+    positions from its int64 indices (an ad-hoc comparison in one run, mean of 5 repeats each).
     """
 
     @staticmethod
@@ -170,7 +171,7 @@ class _WindowMaxPoolFunction(torch.autograd.Function):
         layout = _memory_format(x)
         height, width = x.shape[2] // kh * kh, x.shape[3] // kw * kw
         views = [x[:, :, dy:height:kh, dx:width:kw] for dy in range(kh) for dx in range(kw)]
-        if len(views) == 4:  # 2 x 2: compare in pairs, then the pair maxima; ">" keeps the first of equals
+        if len(views) == 4:  # 2 x 2: compare in pairs, then the pair maxima. ">" keeps the first of equals.
             top, bottom = torch.maximum(views[0], views[1]), torch.maximum(views[2], views[3])
             lower = bottom > top
             result = torch.maximum(top, bottom).contiguous(memory_format=layout)
@@ -182,7 +183,7 @@ class _WindowMaxPoolFunction(torch.autograd.Function):
                 greater = view > result
                 torch.maximum(result, view, out=result)
                 code = torch.where(greater, torch.tensor(position, dtype=torch.uint8, device=x.device), code)
-        if relu:  # max(relu(x)) = relu(max(x)); where the maximum is not positive no position gets a gradient
+        if relu:  # max(relu(x)) = relu(max(x)), so where the maximum is not positive no position gets a gradient
             code.masked_fill_(result <= 0, NO_POSITION)
             result.clamp_min_(0)
         ctx.save_for_backward(code)

@@ -44,18 +44,12 @@ def float32_gram(features: Tensor) -> Tensor:
         if features.dtype == torch.float32:
             return gram_matrix(features)
         _, channels, height, width = features.shape
-        nhwc = not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last)
+        # Positions x channels: a view in either memory layout (NCHW's is transposed, so its chunks copy).
+        rows = features[0].permute(1, 2, 0).reshape(height * width, channels)
         gram = torch.zeros(channels, channels, dtype=torch.float32, device=features.device)
-        if nhwc:
-            rows = features.permute(0, 2, 3, 1).reshape(height * width, channels)
-            for start in range(0, height * width, GRAM_CHUNK_POSITIONS):
-                chunk = rows[start:start + GRAM_CHUNK_POSITIONS].float()
-                gram.addmm_(chunk.t(), chunk)
-        else:
-            columns = features.reshape(channels, height * width)
-            for start in range(0, height * width, GRAM_CHUNK_POSITIONS):
-                chunk = columns[:, start:start + GRAM_CHUNK_POSITIONS].float()
-                gram.addmm_(chunk, chunk.t())
+        for start in range(0, height * width, GRAM_CHUNK_POSITIONS):
+            chunk = rows[start:start + GRAM_CHUNK_POSITIONS].float()
+            gram.addmm_(chunk.t(), chunk)
         return gram / (channels * height * width)
 
 

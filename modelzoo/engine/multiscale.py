@@ -7,8 +7,6 @@ image. This is what neural-style users do with scripts (256 -> 512 -> 1024 ... w
 
 from __future__ import annotations
 
-import contextlib
-
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -18,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modelzoo.engine.initial import make_initial_image
+from modelzoo.engine.precision import network_precision
 from modelzoo.engine.network import Contract, LayerPlan
 from modelzoo.engine.optimise import Objective, ProgressCallback, RunSettings, optimise_image
 from modelzoo.engine.options import StyleOptions
@@ -93,7 +92,7 @@ def run_scales(job: ScaleJob, options: StyleOptions) -> tuple[Tensor, list[dict[
         style_size = max(1, int(round(size * options.style_scale)))
         style_inputs = [job.contract.to_network(resize_longest(rgb, style_size).clamp(0.0, 1.0)).to(job.device)
                         for rgb in job.style_rgbs]
-        with network_precision(options, job.device):
+        with network_precision(options.precision, job.device):
             style_targets = compute_style_targets(job.net, [job.network_layout(x) for x in style_inputs], weights,
                                                   job.plan.style_layers)
         del style_inputs
@@ -135,7 +134,7 @@ def make_tile_optimizer(job: ScaleJob, options: StyleOptions, settings: RunSetti
     tile_counter = [0]
 
     def optimize_tile(content_tile: Tensor, init_tile: Tensor) -> Tensor:
-        with network_precision(options, job.device):
+        with network_precision(options.precision, job.device):
             content_targets = compute_content_targets(job.net, job.network_layout(content_tile), job.plan.content_layers)
         objective = _objective(job, options, content_targets, style_targets)
         tile_settings = RunSettings(**{**settings.__dict__, "tile_index": tile_counter[0], "to_rgb": None})
@@ -157,17 +156,11 @@ def optimise_scale(job: ScaleJob, options: StyleOptions, settings: RunSettings, 
         optimize_tile = make_tile_optimizer(job, options, settings, style_targets, history)
         result = stylize_tiled(content_input, init, options.tile, options.tile_overlap, optimize_tile)
         return result, history
-    with network_precision(options, job.device):
+    with network_precision(options.precision, job.device):
         content_targets = compute_content_targets(job.net, job.network_layout(content_input), job.plan.content_layers)
     objective = _objective(job, options, content_targets, style_targets)
     return optimise_image(objective, init, settings, job.callback)
 
-
-def network_precision(options: StyleOptions, device: torch.device):
-    """Return the context the network runs in: bfloat16 autocast for ``precision="bfloat16"``, else none."""
-    if options.precision == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _objective(job: ScaleJob, options: StyleOptions, content_targets, style_targets: StyleTargets) -> Objective:

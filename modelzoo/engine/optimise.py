@@ -16,9 +16,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from converters.network import chain_taps
 from modelzoo.engine.lbfgs import RingLBFGS
 from modelzoo.engine.losses import NORM_ORDERS, TV_LOSSES, content_loss, gram_matrix, normalized
 from modelzoo.engine.network import LayerPlan
+from modelzoo.engine.precision import network_precision
 from modelzoo.engine.targets import ContentTargets, StyleTargets
 from modelzoo.engine.taps import ContentTap, StyleTap, TapRecord
 from modelzoo.engine.taps import objective as taps_objective
@@ -135,7 +137,7 @@ class Objective:
                 target = self.style.grams[layer]
                 functions.setdefault(layer, []).append(
                     lambda x, t=target, w=weight, key=f"style/{layer}": StyleTap.apply(x, t, w, order, record, key))
-        taps = {layer: _chained(chain) for layer, chain in functions.items()}
+        taps = {layer: chain_taps(chain) for layer, chain in functions.items()}
         features = self._run_network(image, taps)
         tapped = [features[layer] for layer in taps]
         terms = {key: value.to(image.device) for key, value in record.terms.items()}
@@ -156,9 +158,7 @@ class Objective:
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         extra = {"taps": taps} if taps is not None else {}
-        if self.precision == "float32":
-            return self.net.extract(image, self.plan.all_layers, **extra)
-        with torch.autocast(image.device.type, dtype=torch.bfloat16):
+        with network_precision(self.precision, image.device):
             return self.net.extract(image, self.plan.all_layers, **extra)
 
     def _extract(self, image: Tensor) -> dict[str, Tensor]:
@@ -171,12 +171,6 @@ class Objective:
             return objective + raw, (raw * weight).detach()
         value = (loss(features) * weight).to(device)
         return objective + value, value.detach()
-
-
-def _chained(functions: list) -> Callable[[Tensor], Tensor]:
-    if len(functions) == 1:
-        return functions[0]
-    return lambda x: _chained(functions[1:])(functions[0](x))
 
 
 @dataclass

@@ -13,6 +13,7 @@ slower. On CUDA, PyTorch already lets cuDNN run float32 convolutions in TF32
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import platform
@@ -49,3 +50,10 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     chosen = "bfloat16" if torch.device(device).type == "cpu" and cpu_has_native_bfloat16() else "float32"
     logger.debug("precision auto: %s on %s", chosen, device)
     return chosen
+
+
+def network_precision(precision: str, device: torch.device | str):
+    """Return the context the network runs in: bfloat16 autocast for "bfloat16", else one that does nothing."""
+    if precision == "bfloat16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

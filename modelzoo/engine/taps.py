@@ -78,7 +78,7 @@ class StyleTap(torch.autograd.Function):
         difference = gram - target.to(gram.device)
         record.terms[key] = (difference.square().mean() * weight).detach()
         channels = gram.shape[0]
-        # d/dF of mean((G - T)^2) is F @ (4 (G - T) / (C^2 n)), n = C * H * W; G and T are symmetric.
+        # d/dF of mean((G - T)^2) is F @ (4 (G - T) / (C^2 n)) with n = C * H * W, because G and T are symmetric.
         ctx.factor = difference * (4.0 / (channels * channels * features[0].numel()))
         ctx.weight, ctx.order, ctx.record = weight, order, record
         ctx.save_for_backward(features)
@@ -119,7 +119,7 @@ class ContentTap(torch.autograd.Function):
 
 
 class _Objective(torch.autograd.Function):
-    """Return the recorded total; its backward pass sends no gradient, only the scale, and reaches the taps."""
+    """Scalar node that returns the recorded total. Its backward pass gives the taps only the scale, no gradient."""
 
     @staticmethod
     def forward(ctx, total: Tensor, record: TapRecord, *tapped: Tensor):  # type: ignore[override]
