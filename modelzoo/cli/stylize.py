@@ -61,7 +61,7 @@ def stylize_command(
     original_colors: Annotated[bool, typer.Option(help="Keep the content's colours: output luminance, content chroma.")] = False,
     color_transfer: Annotated[str, typer.Option(help="none, or histogram: match style colours to the content first.")] = "none",
     seed: Annotated[Optional[str], typer.Option(help="Random seed; -1 or unset means not seeded.", metavar=NUMBER)] = None,
-    precision: Annotated[str, typer.Option(help="auto, float32 or bfloat16. auto: bfloat16 activations on CPUs with AVX-512 BF16 or AMX-BF16 (VGG-19 about 1.8x faster, open_nsfw about 1.4x; half the memory), else float32.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, float32 or bfloat16. auto: bfloat16 activations on CPUs with AVX-512 BF16 or AMX-BF16 (VGG-19 up to about 1.8x faster, open_nsfw about 1.4x; half the memory), else float32.")] = "auto",
     print_every: Annotated[str, typer.Option(help="Log the losses every N iterations (0: never).", metavar=NUMBER)] = "50",
     save_every: Annotated[str, typer.Option(help="Write OUT_<iteration> snapshots and OUT_losses.csv every N iterations (0: never).", metavar=NUMBER)] = "0",
     device: Annotated[str, typer.Option(help="Device: cpu, cuda, cuda:1, mps ...")] = "cpu",
